@@ -1,0 +1,1 @@
+"""The engine every algorithm shares: inputs, targets, batching, hooks, base classes."""

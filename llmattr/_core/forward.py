@@ -1,0 +1,104 @@
+"""Running the forward function and taking gradients of the selected outputs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .batching import ChunkSize, run_in_chunks
+from .targets import Target
+
+__all__ = ["accumulate_gradients", "gradients", "run_forward"]
+
+
+def run_forward(
+    forward_func: Callable[..., Any],
+    inputs: tuple[Tensor, ...],
+    target: Target,
+    args: tuple[Any, ...] = (),
+) -> Tensor:
+    """Evaluate ``forward_func(*inputs, *args)`` and select the target: shape ``(batch,)``."""
+    output = forward_func(*inputs, *args)
+    return target.select(output, inputs[0].shape[0])
+
+
+def gradients(
+    forward_func: Callable[..., Any],
+    inputs: tuple[Tensor, ...],
+    target: Target,
+    args: tuple[Any, ...] = (),
+) -> tuple[tuple[Tensor, ...], Tensor]:
+    """Gradients of each example's selected output with respect to each input.
+
+    The inputs are detached copies that share storage, so the caller's tensors (and their
+    ``requires_grad``) are untouched and model parameters accumulate no ``.grad``.
+
+    Returns:
+        ``(grads, outputs)``: one gradient per input (its shape; zeros for an input the output
+        does not depend on) and the selected outputs, shape ``(batch,)``, detached.
+    """
+    with torch.enable_grad():
+        leaves = tuple(x.detach().requires_grad_() for x in inputs)
+        out = run_forward(forward_func, leaves, target, args)
+        if not out.requires_grad:
+            raise RuntimeError(
+                "The selected output does not depend on the inputs through differentiable "
+                "operations (it has no gradient). Check that the forward function uses its inputs "
+                "and does not run under torch.no_grad()."
+            )
+        grads = torch.autograd.grad(out.sum(), leaves, allow_unused=True)
+    return (
+        tuple(torch.zeros_like(x) if g is None else g for g, x in zip(grads, leaves)),
+        out.detach(),
+    )
+
+
+def accumulate_gradients(
+    forward_func: Callable[..., Any],
+    call: Any,
+    row_examples: Tensor,
+    points: Callable[[int, int], tuple[Tensor, ...]],
+    contribution: Callable[[int, int, tuple[Tensor, ...]], tuple[Tensor, ...]],
+    chunk_size: ChunkSize,
+    *,
+    name: str = "internal_batch_size",
+) -> tuple[Tensor, ...]:
+    """Sum per-row gradient contributions into per-example totals, evaluating rows in chunks.
+
+    An expanded evaluation has ``len(row_examples)`` rows; row ``r`` belongs to example
+    ``row_examples[r]``. For each chunk ``[start, end)`` the gradient of the target at
+    ``points(start, end)`` is taken and ``contribution(start, end, grads)`` (one tensor per input,
+    rows first) is added to its example's total.
+
+    Args:
+        forward_func: the function being explained.
+        call: the normalized :class:`~llmattr._core.call.Call`.
+        row_examples: ``(n_rows,)`` long tensor, the example of each row.
+        points: builds the inputs of rows ``[start, end)``.
+        contribution: weighs the gradients of those rows.
+        chunk_size: rows per evaluation (see :func:`~llmattr._core.batching.run_in_chunks`).
+
+    Returns:
+        One tensor per input, shaped like that input: the per-example sums.
+    """
+    totals = [None] * len(call.inputs)
+
+    def evaluate(start: int, end: int) -> tuple[Tensor, ...]:
+        examples = row_examples[start:end]
+        target, args = call.for_rows(examples)
+        grads, _ = gradients(forward_func, points(start, end), target, args)
+        return contribution(start, end, grads)
+
+    def fold(start: int, end: int) -> None:
+        parts = evaluate(start, end)
+        idx = row_examples[start:end].to(parts[0].device)
+        for k, part in enumerate(parts):
+            if totals[k] is None:
+                totals[k] = part.new_zeros((call.batch, *part.shape[1:]))
+            totals[k].index_add_(0, idx, part)
+
+    run_in_chunks(len(row_examples), chunk_size, fold, name=name)
+    return tuple(totals)  # type: ignore[arg-type]
