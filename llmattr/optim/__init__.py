@@ -1,0 +1,1 @@
+"""Optim: feature visualization by input optimization, built on the shared hook machinery."""

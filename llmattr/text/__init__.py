@@ -1,0 +1,1 @@
+"""Text: token and segment features, baselines, embeddings and LLM attribution."""
