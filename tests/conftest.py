@@ -45,7 +45,7 @@ class MLP(nn.Module):
 
 
 class TwoInputNet(nn.Module):
-    """Two inputs plus extra forward args: ``scale`` (a per-example tensor) and ``shift`` (float)."""
+    """Two inputs and extra forward args: ``scale`` (per-example tensor) and ``shift`` (float)."""
 
     def __init__(self) -> None:
         super().__init__()

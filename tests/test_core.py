@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from conftest import MLP
@@ -42,7 +44,7 @@ def test_format_inputs_keeps_form_and_checks_batch() -> None:
         format_inputs((x, torch.zeros(4, 2)))
     with pytest.raises(ValueError, match="batch dimension"):
         format_inputs(torch.tensor(1.0))
-    with pytest.raises(TypeError, match="must be a torch.Tensor"):
+    with pytest.raises(TypeError, match=r"must be a torch\.Tensor"):
         format_inputs((x, [1, 2]))  # type: ignore[arg-type]
 
 
@@ -149,7 +151,7 @@ def test_bad_target_raises_before_any_backward() -> None:
 def test_run_in_chunks_covers_every_row_once(chunk: int | None) -> None:
     spans = run_in_chunks(10, chunk, lambda s, e: (s, e))
     assert spans[0][0] == 0 and spans[-1][1] == 10
-    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(spans))
     if chunk:
         assert all(e - s <= chunk for s, e in spans)
 
@@ -201,9 +203,12 @@ def _hook_count(model: nn.Module) -> int:
 
 def test_registered_removes_hooks_on_error() -> None:
     model = MLP()
-    with pytest.raises(RuntimeError, match="boom"), registered(
-        lambda: model.fc1.register_forward_hook(lambda *a: None),
-        lambda: model.fc2.register_forward_pre_hook(lambda *a: None),
+    with (
+        pytest.raises(RuntimeError, match="boom"),
+        registered(
+            lambda: model.fc1.register_forward_hook(lambda *a: None),
+            lambda: model.fc2.register_forward_pre_hook(lambda *a: None),
+        ),
     ):
         assert _hook_count(model) == 2
         raise RuntimeError("boom")
@@ -224,8 +229,9 @@ def test_replace_outputs_and_route_gradient() -> None:
 
 def test_replace_outputs_single_use_rejects_reuse() -> None:
     relu = nn.ReLU()
-    with pytest.raises(RuntimeError, match="more than once"), replace_outputs(
-        {relu: lambda m, x, y: y}, single_use="DeepLift"
+    with (
+        pytest.raises(RuntimeError, match="more than once"),
+        replace_outputs({relu: lambda m, x, y: y}, single_use="DeepLift"),
     ):
         relu(relu(torch.ones(1)))
     assert relu._forward_hooks == {}
@@ -296,3 +302,26 @@ def test_public_api_mirrors_captum_names() -> None:
         "EpsilonRule", "GammaRule", "Alpha1_Beta0_Rule", "IdentityRule",
     ]:  # fmt: skip
         assert getattr(llmattr, name) is getattr(llmattr.attr, name)
+
+
+def test_inplace_module_keeps_the_models_aliasing() -> None:
+    class Alias(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(3, 3)
+            self.relu = nn.ReLU(inplace=True)
+            self.out = nn.Linear(3, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.fc(x)
+            r = self.relu(h)  # overwrites h: the model relies on it
+            return self.out(r + h)
+
+    model = Alias().double()
+    x = torch.randn(4, 3, dtype=torch.float64)
+    b = torch.zeros_like(x)
+    attrs, delta = DeepLift(model).attribute(x, b, return_convergence_delta=True)
+    with torch.no_grad():
+        true_gap = (model(x) - model(b)).reshape(-1)
+    # the delta is computed against what the model really computes, so it is honest
+    torch.testing.assert_close(delta, attrs.sum(1) - true_gap, atol=1e-12, rtol=0)

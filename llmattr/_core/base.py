@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.futures import Future
 
+from .batching import ChunkSize, run_in_chunks
 from .forward import run_forward
 from .inputs import (
     BaselineType,
@@ -19,6 +20,7 @@ from .inputs import (
     format_additional_args,
     format_baselines,
     format_inputs,
+    select_rows,
 )
 from .targets import TargetType, normalize_target
 
@@ -97,6 +99,7 @@ class GradientAttribution(Attribution):
         end_point: TensorOrTuple,
         target: TargetType = None,
         additional_forward_args: Any = None,
+        internal_batch_size: ChunkSize = None,
     ) -> Tensor:
         """Completeness gap per example.
 
@@ -109,6 +112,8 @@ class GradientAttribution(Attribution):
             end_point: the inputs.
             target: the target the attributions were computed for.
             additional_forward_args: extra forward arguments.
+            internal_batch_size: examples per forward (None: all; ``"auto"``: halve on
+                out-of-memory), so a batch that only fits in memory in pieces fits here too.
 
         Returns:
             Shape ``(batch,)``.
@@ -123,11 +128,22 @@ class GradientAttribution(Attribution):
         batch = ends[0].shape[0]
         tgt = normalize_target(target, batch)
         args = format_additional_args(additional_forward_args)
-        with torch.no_grad():
-            f_end = run_forward(self.forward_func, ends, tgt, args)
-            f_start = run_forward(self.forward_func, starts, tgt, args)
-        total = sum(a.reshape(batch, -1).sum(1).to(f_end.dtype) for a in attrs)
-        return total - (f_end - f_start)
+
+        def gap(start: int, end: int) -> Tensor:
+            rows = torch.arange(start, end)
+            sub_target, sub_args = tgt.rows(rows), select_rows(args, batch, rows)
+            with torch.no_grad():
+                f_end = run_forward(
+                    self.forward_func, tuple(x[start:end] for x in ends), sub_target, sub_args
+                )
+                f_start = run_forward(
+                    self.forward_func, tuple(b[start:end] for b in starts), sub_target, sub_args
+                )
+            return f_end - f_start
+
+        gaps = torch.cat(run_in_chunks(batch, internal_batch_size, gap))
+        total = sum(a.reshape(batch, -1).sum(1).to(gaps.dtype) for a in attrs)
+        return total - gaps
 
 
 class PerturbationAttribution(Attribution):

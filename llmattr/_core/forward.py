@@ -84,7 +84,7 @@ def accumulate_gradients(
     Returns:
         One tensor per input, shaped like that input: the per-example sums.
     """
-    totals = [None] * len(call.inputs)
+    totals: list[Tensor | None] = [None] * len(call.inputs)
 
     def evaluate(start: int, end: int) -> tuple[Tensor, ...]:
         examples = row_examples[start:end]
@@ -96,9 +96,10 @@ def accumulate_gradients(
         parts = evaluate(start, end)
         idx = row_examples[start:end].to(parts[0].device)
         for k, part in enumerate(parts):
-            if totals[k] is None:
-                totals[k] = part.new_zeros((call.batch, *part.shape[1:]))
-            totals[k].index_add_(0, idx, part)
+            total = totals[k]
+            if total is None:
+                total = totals[k] = part.new_zeros((call.batch, *part.shape[1:]))
+            total.index_add_(0, idx, part)
 
     run_in_chunks(len(row_examples), chunk_size, fold, name=name)
     return tuple(totals)  # type: ignore[arg-type]

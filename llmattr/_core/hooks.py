@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
+from functools import partial
 from typing import Any
 
 import torch
@@ -79,8 +80,11 @@ def replace_outputs(
 ) -> Iterator[None]:
     """Replace each module's output by ``rule(module, input, output)`` inside the block.
 
-    Modules with ``inplace=True`` (``nn.ReLU(inplace=True)``) receive a copy of their input, so the
-    rule still sees the original input and the user's tensors are never overwritten.
+    Modules with ``inplace=True`` (``nn.ReLU(inplace=True)``) still overwrite an intermediate
+    input, so a model that relies on that aliasing computes what it always does; the rule is given
+    a copy of the input taken before the call. A model input (a leaf tensor) is never overwritten:
+    the module gets a copy. (Gradients that reach the overwritten tensor through another
+    path use the module's ordinary backward, and the convergence delta shows it.)
 
     Args:
         rules: module → rule; the rule returns the tensor the rest of the model sees.
@@ -106,8 +110,14 @@ def replace_outputs(
                 )
         if getattr(module, "inplace", False):
             x = _first_tensor(args, module)
-            stashed.setdefault(module, []).append(x)
-            return (x.clone(), *args[1:])
+            if x.is_leaf:
+                # an input of the model: overwriting it would break autograd (and could change
+                # the caller's tensor), so the module works on a copy
+                stashed.setdefault(module, []).append(x)
+                return (x.clone(), *args[1:])
+            # the module overwrites an intermediate tensor, and the model may rely on that
+            # aliasing; keep a copy (with its autograd history) so the rule sees the input
+            stashed.setdefault(module, []).append(x.clone())
         return None
 
     def forward_hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> Tensor | None:
@@ -129,7 +139,7 @@ def replace_outputs(
 
     registrations: list[Callable[[], RemovableHandle]] = []
     for module in rules:
-        registrations.append(lambda m=module: m.register_forward_pre_hook(pre_hook))
-        registrations.append(lambda m=module: m.register_forward_hook(forward_hook))
+        registrations.append(partial(module.register_forward_pre_hook, pre_hook))
+        registrations.append(partial(module.register_forward_hook, forward_hook))
     with registered(*registrations):
         yield

@@ -8,6 +8,7 @@ Nothing the user passed is modified: every tensor that needs gradients is a fres
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, TypeAlias
 
@@ -145,20 +146,34 @@ def format_baselines(baselines: BaselineType, inputs: tuple[Tensor, ...]) -> tup
 
 
 def format_baseline_distribution(
-    baselines: BaselineType | Callable[..., Any], inputs: tuple[Tensor, ...]
+    baselines: BaselineType | Callable[..., Any],
+    inputs: tuple[Tensor, ...],
+    passed_inputs: Any = None,
 ) -> tuple[Tensor, ...]:
     """Normalize a *distribution* of baselines (GradientShap, DeepLiftShap).
 
     Args:
         baselines: a tensor of shape ``(n_baselines, *input.shape[1:])`` per input (a tuple when
-            there are several inputs), a number, or a callable returning either.
+            there are several inputs), a number, or a callable returning either. As in Captum, a
+            callable that takes parameters is called with the inputs as the user passed them
+            (``passed_inputs``), one without parameters with nothing.
+        inputs: the formatted inputs.
+        passed_inputs: the inputs in the user's form (defaults to ``inputs``).
 
     Returns:
         One tensor per input of shape ``(n_baselines, *input.shape[1:])``; every input gets the same
         ``n_baselines``.
     """
     if callable(baselines) and not isinstance(baselines, Tensor):
-        baselines = baselines()
+        try:
+            takes_inputs = bool(inspect.signature(baselines).parameters)
+        except (TypeError, ValueError):  # builtins without a signature
+            takes_inputs = False
+        baselines = (
+            baselines(inputs if passed_inputs is None else passed_inputs)
+            if (takes_inputs)
+            else baselines()
+        )
     entries = as_tuple(baselines)
     if len(entries) != len(inputs):
         raise ValueError(

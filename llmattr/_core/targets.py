@@ -114,8 +114,8 @@ class Target:
             )
         flat = output.reshape(batch, *rest[:k])  # trailing dims past k are all 1
         if self.per_example:
-            return flat[(torch.arange(batch, device=output.device), *idx.unbind(-1))]
-        return flat[(slice(None), *idx.tolist())]
+            return flat[tuple([torch.arange(batch, device=output.device), *idx.unbind(-1)])]
+        return flat[tuple([slice(None), *idx.tolist()])]
 
 
 def normalize_target(target: TargetType, batch: int) -> Target:

@@ -134,6 +134,11 @@ def _maxpool_rule(
     return rule
 
 
+def _maxpool_function(module: nn.Module) -> Callable[..., Any] | None:
+    # isinstance, not type(): a subclass of MaxPool2d pools the same way and needs the same rule
+    return next((f for t, f in MAXPOOL.items() if isinstance(module, t)), None)
+
+
 def deeplift_rules(model: nn.Module, eps: float, method: str) -> dict[nn.Module, Any]:
     """Choose the rule of every module of ``model``; refuse unsupported non-linearities."""
     rules: dict[nn.Module, Any] = {}
@@ -153,10 +158,10 @@ def deeplift_rules(model: nn.Module, eps: float, method: str) -> dict[nn.Module,
             )
         if isinstance(module, RESCALE):
             rules[module] = _rescale_rule(eps)
-        elif type(module) in MAXPOOL:
+        elif (pool := _maxpool_function(module)) is not None:
             if module.return_indices:
                 raise TypeError(f"{method} does not support MaxPool with return_indices=True.")
-            rules[module] = _maxpool_rule(eps, MAXPOOL[type(module)])
+            rules[module] = _maxpool_rule(eps, pool)
     return rules
 
 
@@ -327,7 +332,8 @@ class DeepLiftShap(DeepLift):
         Args:
             inputs: a ``(batch, ...)`` float tensor or a tuple of them.
             baselines: the distribution: per input an ``(n_baselines, ...)`` tensor (a tuple for
-                several inputs), or a callable returning it.
+                several inputs), or a callable returning it; a callable with parameters is called
+                with ``inputs`` (as passed), one without parameters with nothing.
             target, additional_forward_args, return_convergence_delta, custom_attribution_func:
                 as for :class:`DeepLift`.
 
@@ -336,7 +342,7 @@ class DeepLiftShap(DeepLift):
             example-major (baseline ``j`` of example ``i`` at ``i * n_baselines + j``).
         """
         call = Call.of(inputs, target, additional_forward_args, gradient_method=self.get_name())
-        dist = format_baseline_distribution(baselines, call.inputs)
+        dist = format_baseline_distribution(baselines, call.inputs, inputs)
         n_base, batch = dist[0].shape[0], call.batch
         xs = tuple(x.repeat_interleave(n_base, dim=0) for x in call.inputs)
         bs = tuple(b.repeat(batch, *([1] * (b.dim() - 1))) for b in dist)

@@ -75,7 +75,8 @@ class GradientShap(GradientAttribution):
         Args:
             inputs: a ``(batch, ...)`` float tensor or a tuple of them.
             baselines: the baseline distribution: per input a ``(n_baselines, ...)`` tensor (a
-                tuple for several inputs), or a callable returning it.
+                tuple for several inputs), or a callable returning it (called with no arguments
+                when it takes none, else with ``inputs``, as in Captum).
             n_samples: draws per example.
             stdevs: standard deviation of the input noise (one number, or one per input).
             target: which output to explain.
@@ -92,7 +93,7 @@ class GradientShap(GradientAttribution):
         call = Call.of(inputs, target, additional_forward_args, gradient_method=self.get_name())
         if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
             raise ValueError(f"n_samples must be a positive int, got {n_samples!r}.")
-        dist = format_baseline_distribution(baselines, call.inputs)
+        dist = format_baseline_distribution(baselines, call.inputs, inputs)
         sds = noise_stdevs(stdevs, len(call.inputs))
         draws = Draws.sample(call, dist, n_samples, sds)
         attrs, delta = expected_gradients(

@@ -9,9 +9,9 @@ import torch
 from torch import Tensor
 
 from .._core.base import GradientAttribution
-from .._core.batching import ChunkSize, run_in_chunks
+from .._core.batching import ChunkSize
 from .._core.call import Call
-from .._core.forward import accumulate_gradients, run_forward
+from .._core.forward import accumulate_gradients
 from .._core.inputs import BaselineType, TensorOrTuple, format_baselines
 from .._core.targets import TargetType
 
@@ -143,19 +143,7 @@ class IntegratedGradients(GradientAttribution):
             attrs if self._multiply_by_inputs else tuple(g * d for g, d in zip(integrated, diffs))
         )
 
-        # f(x) - f(x') in chunks of the same size as the gradient evaluations, so that a batch
-        # that only fits in memory in pieces (an int or "auto" internal_batch_size) also fits here
-        def gap(start: int, end: int) -> Tensor:
-            target, args = call.for_rows(torch.arange(start, end))
-            with torch.no_grad():
-                f_x = run_forward(
-                    self.forward_func, tuple(x[start:end] for x in call.inputs), target, args
-                )
-                f_b = run_forward(
-                    self.forward_func, tuple(b[start:end] for b in bases), target, args
-                )
-            return f_x - f_b
-
-        gaps = torch.cat(run_in_chunks(batch, internal_batch_size, gap))
-        total = sum(a.reshape(batch, -1).sum(1).to(gaps.dtype) for a in delta_attrs)
-        return result, total - gaps
+        delta = self.compute_convergence_delta(
+            delta_attrs, bases, call.inputs, call.target, call.args, internal_batch_size
+        )
+        return result, delta

@@ -182,6 +182,9 @@ _PASS_THROUGH: tuple[type[nn.Module], ...] = (
     nn.Flatten, nn.Unflatten,
 )  # fmt: skip
 _SOFTMAX = (nn.Softmax, nn.LogSoftmax, nn.Softmin, nn.Softmax2d)
+# Containers in name only: their forward computes non-linearly with their children's parameters
+# without calling the children, so no child rule ever applies. Refused like a leaf without a rule.
+_OPAQUE: tuple[type[nn.Module], ...] = (nn.MultiheadAttention,)
 
 
 def default_rule(module: nn.Module) -> PropagationRule | None:
@@ -200,7 +203,8 @@ class LRP(GradientAttribution):
     ``model.fc1.rule = GammaRule()``), else an entry of ``rules`` (keyed by module or by module
     type), else the default — :class:`EpsilonRule` for linear, convolution, batch-norm and pooling
     layers and :class:`IdentityRule` for element-wise activations. Any other leaf module without a
-    rule is refused before any work. The model is not modified.
+    rule is refused before any work, and so is ``nn.MultiheadAttention`` (its forward does not call
+    its children, so their rules would never apply). The model is not modified.
 
     Args:
         model: the network (an ``nn.Module``); its non-linearities must be modules.
@@ -237,7 +241,8 @@ class LRP(GradientAttribution):
             )
         if rule is None:
             rule = default_rule(module)
-        if rule is None and not isinstance(module, _PASS_THROUGH) and not list(module.children()):
+        opaque = isinstance(module, _OPAQUE) or not list(module.children())
+        if rule is None and not isinstance(module, _PASS_THROUGH) and opaque:
             raise TypeError(
                 f"LRP has no rule for {type(module).__name__} (module '{name}') and no default "
                 "exists for this type. Set one that fits the layer, e.g. "

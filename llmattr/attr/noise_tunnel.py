@@ -13,6 +13,7 @@ from .._core.inputs import (
     TensorOrTuple,
     as_tuple,
     expand_args,
+    expand_batch,
     format_additional_args,
     format_baseline_distribution,
     format_inputs,
@@ -126,7 +127,7 @@ class NoiseTunnel(Attribution):
         if draw_baseline_from_distrib:
             if not has_baselines:
                 raise ValueError("draw_baseline_from_distrib=True needs baselines to draw from.")
-            baselines = format_baseline_distribution(baselines, xs)
+            baselines = format_baseline_distribution(baselines, xs, inputs)
             # every draw made up front: partitions (nt_samples_batch_size) do not change them
             drawn = torch.randint(0, baselines[0].shape[0], (batch, nt_samples))
         per_batch = nt_samples_batch_size or nt_samples
@@ -146,7 +147,7 @@ class NoiseTunnel(Attribution):
                 index = (
                     drawn[:, done : done + k].reshape(-1) if draw_baseline_from_distrib else None
                 )
-                call_kwargs["baselines"] = self._baselines_for(baselines, batch, k, index)
+                call_kwargs["baselines"] = self._baselines_for(baselines, xs, k, index)
             out = self.attribution_method.attribute(noisy if was_tuple else noisy[0], **call_kwargs)
             if with_delta:
                 out, delta = out
@@ -171,17 +172,31 @@ class NoiseTunnel(Attribution):
             return attrs, torch.cat(deltas, dim=1).reshape(-1)
         return attrs
 
-    def _baselines_for(self, baselines: Any, batch: int, k: int, index: Tensor | None) -> Any:
+    def _baselines_for(
+        self, baselines: Any, xs: tuple[Tensor, ...], k: int, index: Tensor | None
+    ) -> Any:
         """Baselines for the ``batch * k`` noisy rows of one partition; ``index`` holds the rows
         of the distribution drawn for them (when drawing from a distribution)."""
         if index is not None:
             return tuple(b[index.to(b.device)] for b in baselines)
         if getattr(self.attribution_method, "_baseline_distribution", False):
             return baselines
-        # per-example baselines follow their example; with one example a (1, ...) baseline
-        # already broadcasts over the noisy copies
+        # A per-example baseline (the input's number of dimensions, one row per example) follows
+        # its example over the noisy copies. Anything else already broadcasts to the expanded
+        # rows: a number, a (1, ...) tensor, or a lower-dimensional tensor broadcast over the
+        # batch (even when its first size happens to equal the batch size).
+        batch = xs[0].shape[0]
         entries = as_tuple(baselines)
-        expanded = entries if batch == 1 else expand_args(entries, batch, k, "interleave")
+        expanded = tuple(
+            expand_batch(b, k, "interleave")
+            if isinstance(b, Tensor)
+            and i < len(xs)
+            and b.dim() == xs[i].dim()
+            and b.shape[0] == batch
+            and batch > 1
+            else b
+            for i, b in enumerate(entries)
+        )
         return expanded if isinstance(baselines, tuple | list) else expanded[0]
 
 
