@@ -20,6 +20,7 @@ from .inputs import (
     format_additional_args,
     format_baselines,
     format_inputs,
+    per_example_sum,
     select_rows,
 )
 from .targets import TargetType, normalize_target
@@ -142,8 +143,7 @@ class GradientAttribution(Attribution):
             return f_end - f_start
 
         gaps = torch.cat(run_in_chunks(batch, internal_batch_size, gap))
-        total = sum(a.reshape(batch, -1).sum(1).to(gaps.dtype) for a in attrs)
-        return total - gaps
+        return per_example_sum(attrs).to(gaps.dtype) - gaps
 
 
 class PerturbationAttribution(Attribution):

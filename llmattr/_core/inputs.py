@@ -29,7 +29,9 @@ __all__ = [
     "format_baseline_distribution",
     "format_baselines",
     "format_inputs",
+    "per_example_sum",
     "restore_form",
+    "select_rows",
 ]
 
 
@@ -240,6 +242,15 @@ def expand_args(args: tuple[Any, ...], batch: int, n: int, layout: Layout) -> tu
         else a
         for a in args
     )
+
+
+def per_example_sum(values: Sequence[Tensor]) -> Tensor:
+    """Sum every element of every tensor per example: ``(batch,)`` from ``(batch, ...)`` tensors."""
+    batch = values[0].shape[0]
+    total = values[0].reshape(batch, -1).sum(1)
+    for v in values[1:]:
+        total = total + v.reshape(batch, -1).sum(1).to(total.dtype)
+    return total
 
 
 def select_rows(args: tuple[Any, ...], batch: int, rows: Tensor | slice) -> tuple[Any, ...]:

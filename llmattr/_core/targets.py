@@ -24,8 +24,6 @@ from torch import Tensor
 
 from .inputs import Layout, expand_batch
 
-TargetType: TypeAlias = None | int | tuple[int, ...] | Tensor | list[Any]
-
 __all__ = ["Target", "TargetType", "normalize_target"]
 
 
@@ -116,6 +114,9 @@ class Target:
         if self.per_example:
             return flat[tuple([torch.arange(batch, device=output.device), *idx.unbind(-1)])]
         return flat[tuple([slice(None), *idx.tolist()])]
+
+
+TargetType: TypeAlias = None | int | tuple[int, ...] | Tensor | list[Any] | Target
 
 
 def normalize_target(target: TargetType, batch: int) -> Target:

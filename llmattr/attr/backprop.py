@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from .._core.base import GradientAttribution
 from .._core.call import Call
 from .._core.forward import gradients
-from .._core.hooks import replace_outputs, route_gradient
+from .._core.hooks import OutputRule, replace_outputs, route_gradient
 from .._core.inputs import TensorOrTuple
 from .._core.targets import TargetType
 
@@ -52,7 +52,9 @@ class _ReLUBackpropRule(GradientAttribution):
             additional_forward_args: extra forward arguments.
         """
         call = Call.of(inputs, target, additional_forward_args, gradient_method=self.get_name())
-        rules = {m: type(self)._rule for m in self.model.modules() if isinstance(m, nn.ReLU)}
+        rules: dict[nn.Module, OutputRule] = {
+            m: type(self)._rule for m in self.model.modules() if isinstance(m, nn.ReLU)
+        }
         with replace_outputs(rules):
             grads, _ = gradients(self.model, call.inputs, call.target, call.args)
         return call.result(grads)

@@ -28,6 +28,7 @@ from .._core.inputs import (
     expand_args,
     format_baseline_distribution,
     format_baselines,
+    per_example_sum,
 )
 from .._core.targets import Target, TargetType
 
@@ -299,9 +300,7 @@ class DeepLift(GradientAttribution):
 
 
 def _gap(attrs: tuple[Tensor, ...], f_x: Tensor, f_b: Tensor) -> Tensor:
-    batch = f_x.shape[0]
-    total = sum(a.reshape(batch, -1).sum(1).to(f_x.dtype) for a in attrs)
-    return total - (f_x - f_b)
+    return per_example_sum(attrs).to(f_x.dtype) - (f_x - f_b)
 
 
 class DeepLiftShap(DeepLift):

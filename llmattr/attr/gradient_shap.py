@@ -12,7 +12,12 @@ from .._core.base import GradientAttribution
 from .._core.batching import ChunkSize, run_in_chunks
 from .._core.call import Call
 from .._core.forward import accumulate_gradients, run_forward
-from .._core.inputs import TensorOrTuple, as_tuple, format_baseline_distribution
+from .._core.inputs import (
+    TensorOrTuple,
+    as_tuple,
+    format_baseline_distribution,
+    per_example_sum,
+)
 
 __all__ = ["Draws", "GradientShap", "expected_gradients", "noise_stdevs"]
 
@@ -105,7 +110,9 @@ class GradientShap(GradientAttribution):
             return_convergence_delta,
         )
         result = call.result(attrs)
-        return (result, delta) if return_convergence_delta else result
+        if delta is None:
+            return result
+        return result, delta
 
 
 class Draws:
@@ -193,9 +200,7 @@ def expected_gradients(
     def contribution(start: int, end: int, grads: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         global_parts = tuple(g * diff(k, start, end) for k, g in enumerate(grads))
         if with_delta:
-            row_sums[start:end] = sum(
-                p.reshape(end - start, -1).sum(1).double().cpu() for p in global_parts
-            )
+            row_sums[start:end] = per_example_sum(global_parts).double().cpu()
         parts = global_parts if multiply_by_inputs else grads
         return tuple(p / draws.n_samples for p in parts)
 

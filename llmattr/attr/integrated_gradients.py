@@ -33,8 +33,8 @@ def step_rule(method: str, n_steps: int) -> tuple[Tensor, Tensor]:
     n = n_steps
     i = torch.arange(n, dtype=torch.float64)
     if method == "gausslegendre":
-        nodes, w = np.polynomial.legendre.leggauss(n)
-        return torch.from_numpy((nodes + 1) / 2), torch.from_numpy(w / 2)
+        nodes, gl_weights = np.polynomial.legendre.leggauss(n)
+        return torch.from_numpy((nodes + 1) / 2), torch.from_numpy(gl_weights / 2)
     if method == "riemann_trapezoid":
         if n < 2:
             raise ValueError("riemann_trapezoid needs n_steps >= 2 (both ends of the path).")

@@ -22,7 +22,7 @@ from .._core.base import GradientAttribution
 from .._core.call import Call
 from .._core.forward import gradients
 from .._core.hooks import replace_outputs
-from .._core.inputs import TensorOrTuple, format_inputs
+from .._core.inputs import TensorOrTuple, format_inputs, per_example_sum
 from .._core.targets import TargetType
 from .deeplift import RESCALE
 
@@ -297,6 +297,5 @@ class LRP(GradientAttribution):
     ) -> Tensor:
         """``sum(attributions) - output`` per example; ``output`` has shape ``(batch,)``."""
         attrs, _ = format_inputs(attributions, "attributions")
-        batch = attrs[0].shape[0]
-        total = sum(a.reshape(batch, -1).sum(1) for a in attrs)
-        return total - output.reshape(batch).to(total.dtype)
+        total = per_example_sum(attrs)
+        return total - output.reshape(total.shape).to(total.dtype)
