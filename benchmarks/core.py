@@ -12,7 +12,7 @@ NoiseTunnel cases draw different noise in each library, so only their shapes are
 
 Usage::
 
-    python benchmarks/core.py              # full run (about a minute on 2 cores)
+    python benchmarks/core.py              # full run (about 20 s on 2 cores)
     python benchmarks/core.py --quick      # fewer repetitions, for a smoke test
     python benchmarks/core.py --threads 4 --repeat 9
 
@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (smoke test)")
     parser.add_argument("--filter", default=None, help="only cases whose name contains this")
     args = parser.parse_args(argv)
-    repeat = args.repeat if args.repeat is not None else (3 if args.quick else 7)
+    repeat = args.repeat if args.repeat is not None else (3 if args.quick else 9)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
     if repeat < 1 or warmup < 0:
         parser.error("--repeat must be >= 1 and --warmup >= 0")

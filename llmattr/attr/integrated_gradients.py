@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Literal
 
 import numpy as np
@@ -30,6 +31,12 @@ def step_rule(method: str, n_steps: int) -> tuple[Tensor, Tensor]:
     """
     if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
         raise ValueError(f"n_steps must be a positive int, got {n_steps!r}.")
+    alphas, weights = _cached_step_rule(method, n_steps)
+    return alphas.clone(), weights.clone()
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_step_rule(method: str, n_steps: int) -> tuple[Tensor, Tensor]:
     n = n_steps
     i = torch.arange(n, dtype=torch.float64)
     if method == "gausslegendre":
