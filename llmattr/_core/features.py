@@ -33,13 +33,17 @@ class FeatureMasks:
     n_features: int
 
     @classmethod
-    def of(cls, feature_mask: Any, inputs: tuple[Tensor, ...], name: str = "feature_mask") -> FeatureMasks:
+    def of(
+        cls, feature_mask: Any, inputs: tuple[Tensor, ...], name: str = "feature_mask"
+    ) -> FeatureMasks:
         """Validate ``feature_mask`` (None, a tensor, or a tuple with one per input)."""
         if feature_mask is None:
             masks, offset = [], 0
             for x in inputs:
                 n = x[0].numel()
-                masks.append(torch.arange(offset, offset + n, device=x.device).reshape(1, *x.shape[1:]))
+                masks.append(
+                    torch.arange(offset, offset + n, device=x.device).reshape(1, *x.shape[1:])
+                )
                 offset += n
             return cls(tuple(masks), offset)
         entries = as_tuple(feature_mask)
@@ -73,7 +77,9 @@ class FeatureMasks:
             masks.append(m.expand(m.shape[0], *x.shape[1:]))
         ids = torch.cat([m.reshape(-1).cpu() for m in masks]).unique()
         if bool((ids < 0).any()):
-            raise ValueError(f"{name} holds negative feature ids {ids[ids < 0].tolist()[:5]}; ids must be >= 0.")
+            raise ValueError(
+                f"{name} holds negative feature ids {ids[ids < 0].tolist()[:5]}; ids must be >= 0."
+            )
         n = int(ids.max().item()) + 1 if ids.numel() else 0
         if ids.numel() != n:
             missing = sorted(set(range(n)) - set(ids.tolist()))[:5]

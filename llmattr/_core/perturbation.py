@@ -83,11 +83,11 @@ class PerturbationRun:
         with torch.no_grad():
             output = self._forward(call.inputs, call.target, call.args)
         batch = call.batch
+        self.out_shape: tuple[int, ...] = ()
+        self.aggregate = False
         if call.target.index is not None:
-            self.aggregate, self.out_shape = False, ()
             selected = call.target.select(output, batch)
         elif output.dim() >= 1 and output.shape[0] == batch:
-            self.aggregate = False
             self.out_shape = tuple(output.shape[1:]) if output[0].numel() > 1 else ()
             selected = output
         else:
@@ -95,7 +95,7 @@ class PerturbationRun:
             selected = output.reshape(1, -1)
         self.rows = 1 if self.aggregate else batch
         self.n_outputs = int(torch.Size(self.out_shape).numel())
-        self.initial = selected.detach().reshape(self.rows, self.n_outputs).double()
+        self.initial = selected.detach().reshape(self.rows, self.n_outputs).double().cpu()
         if self.aggregate and self.ppe > 1:
             raise ValueError(
                 f"The forward function returned one output of shape {tuple(output.shape)} for the "
@@ -143,9 +143,11 @@ class PerturbationRun:
                 f"The forward function returned shape {tuple(output.shape)} for {k * batch} "
                 "stacked examples; it must return one row per example."
             )
-        return output.detach().reshape(k, self.rows, self.n_outputs).double()
+        return output.detach().reshape(k, self.rows, self.n_outputs).double().cpu()
 
-    def perturbed(self, absent: tuple[Tensor, ...], replacements: tuple[Tensor, ...] | None = None) -> tuple[Tensor, ...]:
+    def perturbed(
+        self, absent: tuple[Tensor, ...], replacements: tuple[Tensor, ...] | None = None
+    ) -> tuple[Tensor, ...]:
         """Inputs with the ``absent`` elements replaced, ``k`` copies stacked.
 
         Args:
@@ -170,7 +172,7 @@ class PerturbationRun:
         build: Callable[[int, int], tuple[Tensor, ...]],
         fold: Callable[[int, int, Tensor], None],
     ) -> None:
-        """Evaluate perturbations ``0 .. n_perturbations - 1`` in chunks of ``perturbations_per_eval``.
+        """Evaluate perturbations ``0 .. n - 1``, ``perturbations_per_eval`` per forward.
 
         Args:
             n_perturbations: how many perturbations.

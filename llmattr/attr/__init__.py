@@ -7,11 +7,13 @@ from .._core.base import (
     NeuronAttribution,
     PerturbationAttribution,
 )
+from .ablation import FeatureAblation, FeaturePermutation, Occlusion
 from .backprop import Deconvolution, GuidedBackprop
 from .deeplift import DeepLift, DeepLiftShap
 from .gradient import InputXGradient, Saliency
 from .gradient_shap import GradientShap
 from .integrated_gradients import IntegratedGradients
+from .lime import KernelShap, Lime, exp_kernel_similarity
 from .lrp import (
     LRP,
     Alpha1_Beta0_Rule,
@@ -22,6 +24,8 @@ from .lrp import (
     PropagationRule,
 )
 from .noise_tunnel import NoiseTunnel, NoiseTunnelType
+from .shapley import ShapleyValues, ShapleyValueSampling
+from .surrogates import InterpretableModel, Lasso, LinearRegression, Ridge
 
 __all__ = [
     "LRP",
@@ -32,6 +36,8 @@ __all__ = [
     "DeepLift",
     "DeepLiftShap",
     "EpsilonRule",
+    "FeatureAblation",
+    "FeaturePermutation",
     "GammaRule",
     "GradientAttribution",
     "GradientShap",
@@ -39,11 +45,21 @@ __all__ = [
     "IdentityRule",
     "InputXGradient",
     "IntegratedGradients",
+    "InterpretableModel",
+    "KernelShap",
+    "Lasso",
     "LayerAttribution",
+    "Lime",
+    "LinearRegression",
     "NeuronAttribution",
     "NoiseTunnel",
     "NoiseTunnelType",
+    "Occlusion",
     "PerturbationAttribution",
     "PropagationRule",
+    "Ridge",
     "Saliency",
+    "ShapleyValueSampling",
+    "ShapleyValues",
+    "exp_kernel_similarity",
 ]
