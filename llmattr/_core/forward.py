@@ -65,6 +65,8 @@ def accumulate_gradients(
     chunk_size: ChunkSize,
     *,
     name: str = "internal_batch_size",
+    grad_fn: Callable[[tuple[Tensor, ...], Target, tuple[Any, ...]], tuple[Tensor, ...]]
+    | None = None,
 ) -> tuple[Tensor, ...]:
     """Sum per-row gradient contributions into per-example totals, evaluating rows in chunks.
 
@@ -80,26 +82,30 @@ def accumulate_gradients(
         points: builds the inputs of rows ``[start, end)``.
         contribution: weighs the gradients of those rows.
         chunk_size: rows per evaluation (see :func:`~llmattr._core.batching.run_in_chunks`).
+        grad_fn: ``grad_fn(points, target, args)`` returning the gradients to weigh, when they
+            are not the gradients with respect to the points (e.g. at a layer).
 
     Returns:
-        One tensor per input, shaped like that input: the per-example sums.
+        Per gradient tensor, the ``(batch, ...)`` per-example sums of the contributions.
     """
-    totals: list[Tensor | None] = [None] * len(call.inputs)
+    totals: list[Tensor] = []
 
     def evaluate(start: int, end: int) -> tuple[Tensor, ...]:
         examples = row_examples[start:end]
         target, args = call.for_rows(examples)
-        grads, _ = gradients(forward_func, points(start, end), target, args)
+        pts = points(start, end)
+        if grad_fn is not None:
+            return contribution(start, end, grad_fn(pts, target, args))
+        grads, _ = gradients(forward_func, pts, target, args)
         return contribution(start, end, grads)
 
     def fold(start: int, end: int) -> None:
         parts = evaluate(start, end)
         idx = row_examples[start:end].to(parts[0].device)
-        for k, part in enumerate(parts):
-            total = totals[k]
-            if total is None:
-                total = totals[k] = part.new_zeros((call.batch, *part.shape[1:]))
+        if not totals:
+            totals.extend(p.new_zeros((call.batch, *p.shape[1:])) for p in parts)
+        for total, part in zip(totals, parts):
             total.index_add_(0, idx, part)
 
     run_in_chunks(len(row_examples), chunk_size, fold, name=name)
-    return tuple(totals)  # type: ignore[arg-type]
+    return tuple(totals)

@@ -7,12 +7,36 @@ from .._core.base import (
     NeuronAttribution,
     PerturbationAttribution,
 )
+from ..text.embeddings import (
+    InterpretableEmbedding,
+    InterpretableEmbeddingBase,
+    TokenReferenceBase,
+    configure_interpretable_embedding_layer,
+    remove_interpretable_embedding_layer,
+)
 from .ablation import FeatureAblation, FeaturePermutation, Occlusion
 from .backprop import Deconvolution, GuidedBackprop
 from .deeplift import DeepLift, DeepLiftShap
 from .gradient import InputXGradient, Saliency
 from .gradient_shap import GradientShap
 from .integrated_gradients import IntegratedGradients
+from .layer import (
+    GuidedGradCam,
+    LayerActivation,
+    LayerFeatureAblation,
+    LayerFeaturePermutation,
+    LayerGradCam,
+    LayerGradientXActivation,
+    LayerIntegratedGradients,
+    LayerLRP,
+)
+from .layer_path import (
+    InternalInfluence,
+    LayerConductance,
+    LayerDeepLift,
+    LayerDeepLiftShap,
+    LayerGradientShap,
+)
 from .lime import KernelShap, Lime, exp_kernel_similarity
 from .lrp import (
     LRP,
@@ -22,6 +46,17 @@ from .lrp import (
     GammaRule,
     IdentityRule,
     PropagationRule,
+)
+from .neuron import (
+    NeuronConductance,
+    NeuronDeconvolution,
+    NeuronDeepLift,
+    NeuronDeepLiftShap,
+    NeuronFeatureAblation,
+    NeuronGradient,
+    NeuronGradientShap,
+    NeuronGuidedBackprop,
+    NeuronIntegratedGradients,
 )
 from .noise_tunnel import NoiseTunnel, NoiseTunnelType
 from .shapley import ShapleyValues, ShapleyValueSampling
@@ -42,16 +77,40 @@ __all__ = [
     "GradientAttribution",
     "GradientShap",
     "GuidedBackprop",
+    "GuidedGradCam",
     "IdentityRule",
     "InputXGradient",
     "IntegratedGradients",
+    "InternalInfluence",
+    "InterpretableEmbedding",
+    "InterpretableEmbeddingBase",
     "InterpretableModel",
     "KernelShap",
     "Lasso",
+    "LayerActivation",
     "LayerAttribution",
+    "LayerConductance",
+    "LayerDeepLift",
+    "LayerDeepLiftShap",
+    "LayerFeatureAblation",
+    "LayerFeaturePermutation",
+    "LayerGradCam",
+    "LayerGradientShap",
+    "LayerGradientXActivation",
+    "LayerIntegratedGradients",
+    "LayerLRP",
     "Lime",
     "LinearRegression",
     "NeuronAttribution",
+    "NeuronConductance",
+    "NeuronDeconvolution",
+    "NeuronDeepLift",
+    "NeuronDeepLiftShap",
+    "NeuronFeatureAblation",
+    "NeuronGradient",
+    "NeuronGradientShap",
+    "NeuronGuidedBackprop",
+    "NeuronIntegratedGradients",
     "NoiseTunnel",
     "NoiseTunnelType",
     "Occlusion",
@@ -61,5 +120,8 @@ __all__ = [
     "Saliency",
     "ShapleyValueSampling",
     "ShapleyValues",
+    "TokenReferenceBase",
+    "configure_interpretable_embedding_layer",
     "exp_kernel_similarity",
+    "remove_interpretable_embedding_layer",
 ]

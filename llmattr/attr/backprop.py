@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch.nn.functional as F
@@ -52,12 +53,16 @@ class _ReLUBackpropRule(GradientAttribution):
             additional_forward_args: extra forward arguments.
         """
         call = Call.of(inputs, target, additional_forward_args, gradient_method=self.get_name())
+        with self.rules_applied():
+            grads, _ = gradients(self.model, call.inputs, call.target, call.args)
+        return call.result(grads)
+
+    def rules_applied(self) -> AbstractContextManager[None]:
+        """A ``with`` block inside which the model's ReLU modules follow the rule."""
         rules: dict[nn.Module, OutputRule] = {
             m: type(self)._rule for m in self.model.modules() if isinstance(m, nn.ReLU)
         }
-        with replace_outputs(rules):
-            grads, _ = gradients(self.model, call.inputs, call.target, call.args)
-        return call.result(grads)
+        return replace_outputs(rules)
 
 
 class GuidedBackprop(_ReLUBackpropRule):

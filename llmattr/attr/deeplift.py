@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
@@ -61,6 +62,7 @@ UNSUPPORTED: tuple[type[nn.Module], ...] = tuple(
     )
     if t is not None
 )  # fmt: skip
+GradFn = Callable[[tuple[Tensor, ...], Target, tuple[Any, ...]], tuple[tuple[Tensor, ...], Tensor]]
 _BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
@@ -174,6 +176,7 @@ def deeplift_multipliers(
     args: tuple[Any, ...],
     eps: float = 1e-10,
     method: str = "DeepLift",
+    grad_fn: GradFn | None = None,
 ) -> tuple[tuple[Tensor, ...], Tensor, Tensor]:
     """DeepLift's multipliers for a batch of (input, baseline) pairs.
 
@@ -183,17 +186,22 @@ def deeplift_multipliers(
         baselines: per input, the same shape.
         target: normalized target for the batch.
         args: extra forward arguments for the batch.
+        grad_fn: ``grad_fn(joint_inputs, target, args) -> (grads, outputs)`` when the multipliers
+            are wanted elsewhere than at the inputs (a layer, or a neuron's function); the
+            default differentiates ``model`` with respect to its inputs.
 
     Returns:
-        ``(multipliers, f_inputs, f_baselines)``: per input the ``(batch, ...)`` multipliers, and
-        the selected outputs at the inputs and at the baselines, ``(batch,)`` each.
+        ``(multipliers, f_inputs, f_baselines)``: per gradient tensor the multipliers of the
+        inputs' half ``(batch, ...)``, and the selected outputs at the inputs and at the
+        baselines, ``(batch,)`` each.
     """
     rules = deeplift_rules(model, eps, method)
     batch = inputs[0].shape[0]
     joint = tuple(torch.cat([x, b.expand_as(x)]) for x, b in zip(inputs, baselines))
+    differentiate = grad_fn or partial(gradients, model)
     with replace_outputs(rules, single_use=method):
-        grads, out = gradients(
-            model, joint, target.expand(2, "repeat"), expand_args(args, batch, 2, "repeat")
+        grads, out = differentiate(
+            joint, target.expand(2, "repeat"), expand_args(args, batch, 2, "repeat")
         )
     return tuple(g[:batch] for g in grads), out[:batch], out[batch:]
 
@@ -240,6 +248,8 @@ class DeepLift(GradientAttribution):
         self.model = model
         self.eps = eps
         self._multiply_by_inputs = multiply_by_inputs
+        # what is differentiated (None: the model w.r.t. its inputs); neuron variants set it
+        self._grad_fn: GradFn | None = None
 
     @property
     def multiplies_by_inputs(self) -> bool:
@@ -290,8 +300,9 @@ class DeepLift(GradientAttribution):
         call = Call.of(inputs, target, additional_forward_args, gradient_method=self.get_name())
         bases = format_baselines(baselines, call.inputs)
         mult, f_x, f_b = deeplift_multipliers(
-            self.model, call.inputs, bases, call.target, call.args, self.eps, self.get_name()
-        )
+            self.model, call.inputs, bases, call.target, call.args, self.eps, self.get_name(),
+            self._grad_fn,
+        )  # fmt: skip
         attrs = self._finish(call, mult, call.inputs, bases, custom_attribution_func)
         result = call.result(attrs)
         if not return_convergence_delta:
@@ -353,6 +364,7 @@ class DeepLiftShap(DeepLift):
             expand_args(call.args, batch, n_base, "interleave"),
             self.eps,
             self.get_name(),
+            self._grad_fn,
         )
         rows = self._finish(call, mult, xs, bs, custom_attribution_func)
         attrs = tuple(r.reshape(batch, n_base, *r.shape[1:]).mean(1) for r in rows)

@@ -18,6 +18,7 @@ from .._core.inputs import (
     format_baseline_distribution,
     per_example_sum,
 )
+from .._core.layers import LayerCut
 
 __all__ = ["Draws", "GradientShap", "expected_gradients", "noise_stdevs"]
 
@@ -182,14 +183,38 @@ def expected_gradients(
     multiply_by_inputs: bool,
     chunk_size: ChunkSize,
     with_delta: bool,
+    cut: LayerCut | None = None,
 ) -> tuple[tuple[Tensor, ...], Tensor | None]:
     """Mean over draws of ``gradient(b + α (x̃ - b)) [* (x̃ - b)]``, and optionally the per-draw
-    completeness gap ``sum(gradient * (x̃ - b)) - (f(x̃) - f(b))`` of shape ``(n_rows,)``."""
+    completeness gap ``sum(gradient * (x̃ - b)) - (f(x̃) - f(b))`` of shape ``(n_rows,)``.
+
+    With a layer ``cut`` the gradients are taken at the layer and multiplied by the change of
+    the layer's activation, ``a(x̃) - a(b)`` (the path stays in input space)."""
     n_rows = len(draws.examples)
     row_sums = torch.zeros(n_rows, dtype=torch.float64)
 
     def diff(k: int, start: int, end: int) -> Tensor:
         return draws.noisy[k][start:end] - draws.base(k, start, end)
+
+    def diffs(start: int, end: int) -> tuple[Tensor, ...]:
+        if cut is None:
+            return tuple(diff(k, start, end) for k in range(len(call.inputs)))
+        _, args = call.for_rows(draws.examples[start:end])
+        noisy = tuple(x[start:end] for x in draws.noisy)
+        bases = tuple(draws.base(k, start, end) for k in range(len(call.inputs)))
+        (at_x,), _ = cut.activations(noisy, args)
+        (at_b,), _ = cut.activations(bases, args)
+        return tuple(a - b for a, b in zip(at_x, at_b))
+
+    grad_fn = None
+    if cut is not None:
+        layer_cut = cut
+
+        def grad_fn(
+            pts: tuple[Tensor, ...], target: Any, args: tuple[Any, ...]
+        ) -> tuple[Tensor, ...]:
+            (grads,), _, _ = layer_cut.gradients(pts, target, args)
+            return grads
 
     def points(start: int, end: int) -> tuple[Tensor, ...]:
         return tuple(
@@ -198,14 +223,14 @@ def expected_gradients(
         )
 
     def contribution(start: int, end: int, grads: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-        global_parts = tuple(g * diff(k, start, end) for k, g in enumerate(grads))
+        global_parts = tuple(g * d for g, d in zip(grads, diffs(start, end)))
         if with_delta:
             row_sums[start:end] = per_example_sum(global_parts).double().cpu()
         parts = global_parts if multiply_by_inputs else grads
         return tuple(p / draws.n_samples for p in parts)
 
     attrs = accumulate_gradients(
-        forward_func, call, draws.examples, points, contribution, chunk_size
+        forward_func, call, draws.examples, points, contribution, chunk_size, grad_fn=grad_fn
     )
     if not with_delta:
         return attrs, None
@@ -219,6 +244,5 @@ def expected_gradients(
             f_b = run_forward(forward_func, bases, target, args)
         return (f_x - f_b).double().cpu()
 
-    diffs = torch.cat(run_in_chunks(n_rows, chunk_size, gap))
-    x0 = call.inputs[0]
-    return attrs, (row_sums - diffs).to(device=x0.device, dtype=x0.dtype)
+    gaps = torch.cat(run_in_chunks(n_rows, chunk_size, gap))
+    return attrs, (row_sums - gaps).to(device=attrs[0].device, dtype=attrs[0].dtype)

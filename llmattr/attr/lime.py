@@ -64,10 +64,14 @@ class _SampledSurrogate(PerturbationAttribution):
         samples: Tensor,
         make_inputs: Callable[[int, int], tuple[Tensor, ...]] | None = None,
         similarity: Callable[..., Any] | None = None,
+        similarity_kwargs: dict[str, Any] | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """Outputs ``(n, rows, n_outputs)`` of the samples and, when ``similarity`` is given,
         their weights ``(n, rows)``. ``make_inputs(start, end)`` builds the stacked inputs of
-        samples ``[start, end)`` when they are not the default baseline substitution."""
+        samples ``[start, end)`` when they are not the default baseline substitution. A user's
+        ``similarity`` is called as Captum calls it: ``(original, perturbed, sample, **kwargs)``
+        with the float ``(1, n_features)`` interpretable sample."""
+        extra = similarity_kwargs or {}
         n = samples.shape[0]
         outputs = torch.empty(n, run.rows, run.n_outputs, dtype=torch.float64)
         weights = torch.empty(n, run.rows, dtype=torch.float64) if similarity else None
@@ -76,7 +80,8 @@ class _SampledSurrogate(PerturbationAttribution):
 
         def build(start: int, end: int) -> tuple[Tensor, ...]:
             if make_inputs is None:
-                stacked = run.perturbed(masks.absent(samples[start:end].to(device)))
+                present = samples[start:end] != 0  # binary by default; nonzero is present
+                stacked = run.perturbed(masks.absent(present.to(device)))
             else:
                 stacked = make_inputs(start, end)
             k = end - start
@@ -91,7 +96,8 @@ class _SampledSurrogate(PerturbationAttribution):
                     sim = similarity(
                         call.result(list(call.inputs)),
                         call.result(list(rows)),
-                        samples[start + j : start + j + 1],
+                        _as_float(samples[start + j : start + j + 1]),
+                        **extra,
                     )
                     weights[start + j] = _per_row(sim, run.rows)
             return stacked
@@ -140,10 +146,11 @@ class Lime(_SampledSurrogate):
             (``LinearRegression``, ``Ridge``, ``Lasso`` or your own).
         similarity_func: ``f(original_input, perturbed_input, perturbed_interpretable_input,
             **kwargs)`` returning a weight per example (or one number).
-        perturb_func: ``f(original_input, **kwargs)`` returning one ``(1, n_features)`` binary
+        perturb_func: ``f(original_input, **kwargs)`` returning one ``(1, n_features)``
             interpretable sample (kwargs carry ``num_interp_features``, ``feature_mask``,
             ``baselines``, ``generator``); with ``to_interp_rep_transform`` it returns a
-            perturbed input instead.
+            perturbed input instead. The surrogate is fitted on the sample's values; without a
+            ``from_interp_rep_transform``, nonzero entries mark the features kept.
         from_interp_rep_transform: ``f(sample, original_input, **kwargs)`` building the model
             input of an interpretable sample (default: absent features set to the baseline).
         to_interp_rep_transform: ``f(perturbed_input, original_input, **kwargs)`` mapping a
@@ -237,7 +244,7 @@ class Lime(_SampledSurrogate):
 
         else:
             if self.perturb_func is None:
-                samples = torch.rand(n_samples, masks.n_features, generator=gen) < 0.5
+                samples = (torch.rand(n_samples, masks.n_features, generator=gen) < 0.5).float()
             else:
                 perturb = self.perturb_func
                 samples = torch.stack(
@@ -249,13 +256,13 @@ class Lime(_SampledSurrogate):
                 def make_inputs(start: int, end: int) -> tuple[Tensor, ...]:
                     return _stack_inputs(
                         [
-                            from_interp(samples[i : i + 1].float(), original, **kwargs)
+                            from_interp(samples[i : i + 1], original, **kwargs)
                             for i in range(start, end)
                         ]
                     )
 
         outputs, weights = self._evaluate_samples(
-            run, masks, samples, make_inputs, self.similarity_func
+            run, masks, samples, make_inputs, self.similarity_func, kwargs
         )
         assert weights is not None
         n = samples.shape[0]
@@ -266,13 +273,20 @@ class Lime(_SampledSurrogate):
 
 
 def _as_sample(value: Any, masks: FeatureMasks) -> Tensor:
-    sample = torch.as_tensor(value).reshape(-1).cpu()
+    """One interpretable sample as a float vector. Values are kept as given (Captum fits the
+    surrogate on them, so a custom ``from_interp_rep_transform`` may use non-binary ones); the
+    default input construction treats nonzero entries as present."""
+    sample = _as_float(torch.as_tensor(value).detach().reshape(-1).cpu())
     if sample.numel() != masks.n_features:
         raise ValueError(
             f"An interpretable sample has {sample.numel()} entries but there are "
             f"{masks.n_features} features."
         )
-    return sample != 0
+    return sample
+
+
+def _as_float(sample: Tensor) -> Tensor:
+    return sample if sample.is_floating_point() else sample.float()
 
 
 def _stack_inputs(perturbed: list[Any]) -> tuple[Tensor, ...]:

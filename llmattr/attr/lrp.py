@@ -12,6 +12,7 @@ Element-wise activations pass relevance unchanged (the identity rule); operation
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
@@ -255,6 +256,17 @@ class LRP(GradientAttribution):
             )
         return rule
 
+    def rules_applied(self, verbose: bool = False) -> AbstractContextManager[None]:
+        """A ``with`` block inside which the model's backward follows the LRP rules."""
+        chosen: dict[nn.Module, Any] = {}
+        for name, module in self.model.named_modules():
+            rule = self.rule_for(name, module)
+            if verbose:
+                print(f"{name or '<model>'} ({type(module).__name__}): {rule}")
+            if rule is not None:
+                chosen[module] = rule.apply
+        return replace_outputs(chosen)
+
     def attribute(
         self,
         inputs: TensorOrTuple,
@@ -277,14 +289,7 @@ class LRP(GradientAttribution):
             shape ``(batch,)``.
         """
         call = Call.of(inputs, target, additional_forward_args, gradient_method="LRP")
-        chosen: dict[nn.Module, Any] = {}
-        for name, module in self.model.named_modules():
-            rule = self.rule_for(name, module)
-            if verbose:
-                print(f"{name or '<model>'} ({type(module).__name__}): {rule}")
-            if rule is not None:
-                chosen[module] = rule.apply
-        with replace_outputs(chosen):
+        with self.rules_applied(verbose):
             grads, out = gradients(self.model, call.inputs, call.target, call.args)
         relevance = tuple(x * g for x, g in zip(call.inputs, grads))
         result = call.result(relevance)

@@ -1,0 +1,290 @@
+"""Cutting a model at a layer: read a layer's activations, or run the model with them replaced.
+
+Layer attributions are primary algorithms applied to the function "layer activation → model
+output" (:class:`LayerCut`); neuron attributions to "input → one neuron's value"
+(:func:`neuron_function`). Both are built here from forward hooks that live only inside ``with``
+blocks.
+
+A layer's *activation* is its output (or, with ``to_input=True``, its positional inputs). When it
+is a tuple (as many ``transformers`` layers return), its floating-point tensors are the
+activation and everything else passes through untouched. A module that runs several times in one
+forward is cut at its **first** call (for T5's shared embedding: the encoder's), and later calls
+run unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from functools import partial
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .hooks import registered
+from .targets import Target
+
+__all__ = ["LayerCut", "NeuronSelector", "neuron_function", "select_neuron"]
+
+NeuronSelector = int | tuple[int | slice, ...] | Callable[[Any], Tensor]
+
+
+class _StopForward(Exception):
+    """Raised by a hook to end a forward pass once the needed activation exists."""
+
+
+def _tensors_of(value: Any) -> list[Tensor]:
+    if isinstance(value, Tensor):
+        return [value]
+    if isinstance(value, tuple | list):
+        return [v for v in value if isinstance(v, Tensor) and v.is_floating_point()]
+    return []
+
+
+def _with_tensors(value: Any, tensors: Sequence[Tensor]) -> Any:
+    """``value`` with its floating tensors replaced, in order, by ``tensors``."""
+    if isinstance(value, Tensor):
+        return tensors[0]
+    it = iter(tensors)
+    rebuilt = [next(it) if isinstance(v, Tensor) and v.is_floating_point() else v for v in value]
+    return type(value)(rebuilt) if isinstance(value, tuple) else rebuilt
+
+
+def check_layers(model: Any, layers: Sequence[nn.Module]) -> None:
+    """Refuse layers that are not modules, or not part of ``model`` when it is a module."""
+    for layer in layers:
+        if not isinstance(layer, nn.Module):
+            raise TypeError(f"A layer must be an nn.Module, got {type(layer).__name__}.")
+    if isinstance(model, nn.Module):
+        known = {id(m) for m in model.modules()}
+        for layer in layers:
+            if id(layer) not in known:
+                raise ValueError(
+                    f"The layer {type(layer).__name__} is not a submodule of the model "
+                    f"({type(model).__name__}); pass a module reached from the model, e.g. "
+                    "model.encoder.layer[3]."
+                )
+
+
+class LayerCut:
+    """The model seen from one or several layers.
+
+    Args:
+        forward_func: the model or forward function.
+        layers: the modules to cut at.
+        to_input: cut at the layers' positional inputs instead of their outputs.
+    """
+
+    def __init__(
+        self, forward_func: Callable[..., Any], layers: Sequence[nn.Module], to_input: bool = False
+    ) -> None:
+        check_layers(forward_func, layers)
+        self.forward_func = forward_func
+        self.layers = list(layers)
+        self.to_input = to_input
+
+    def _registrations(self, on_call: Callable[[int, Any], Any]) -> list[Callable[[], Any]]:
+        """Hooks calling ``on_call(layer index, activation)`` at each layer's first call; the
+        return value, when not None, replaces the activation."""
+        seen: set[int] = set()
+
+        def hook(index: int, module: nn.Module, args: tuple[Any, ...], output: Any = None) -> Any:
+            if index in seen:
+                return None
+            seen.add(index)
+            return on_call(index, args if self.to_input else output)
+
+        regs: list[Callable[[], Any]] = []
+        for i, layer in enumerate(self.layers):
+            if self.to_input:
+                regs.append(partial(layer.register_forward_pre_hook, partial(hook, i)))
+            else:
+                regs.append(partial(layer.register_forward_hook, partial(hook, i)))
+        return regs
+
+    def activations(
+        self,
+        inputs: tuple[Any, ...],
+        args: tuple[Any, ...] = (),
+        *,
+        stop_early: bool = True,
+        grad: bool = False,
+    ) -> tuple[list[tuple[Tensor, ...]], Any]:
+        """Run the model and return each layer's activation (and the model output, or None
+        when the forward was stopped after the last layer ran).
+
+        Returns:
+            ``(activations, output)``: per layer a tuple of tensors ``(batch, ...)``.
+        """
+        found: dict[int, tuple[Tensor, ...]] = {}
+
+        def record(index: int, value: Any) -> None:
+            found[index] = tuple(_tensors_of(value))
+            if stop_early and len(found) == len(self.layers):
+                raise _StopForward
+
+        output = None
+        with torch.set_grad_enabled(grad), registered(*self._registrations(record)):
+            try:
+                output = self.forward_func(*inputs, *args)
+            except _StopForward:
+                pass
+        self._check_ran(found)
+        self._check_tensors(found)
+        return [found[i] for i in range(len(self.layers))], output
+
+    def _check_ran(self, ran: Any) -> None:
+        missing = [type(m).__name__ for i, m in enumerate(self.layers) if i not in ran]
+        if missing:
+            raise RuntimeError(
+                f"Layer(s) {', '.join(missing)} never ran in the forward pass, so there is nothing "
+                "to attribute to: check that the layer belongs to the path the inputs take."
+            )
+
+    def _check_tensors(self, found: dict[int, tuple[Tensor, ...]]) -> None:
+        for i, tensors in found.items():
+            if not tensors:
+                where = "positional inputs" if self.to_input else "output"
+                raise TypeError(
+                    f"The {where} of layer {type(self.layers[i]).__name__} holds no floating-point "
+                    "tensor to attribute to."
+                )
+
+    def gradients(
+        self, inputs: tuple[Any, ...], target: Target, args: tuple[Any, ...] = ()
+    ) -> tuple[list[tuple[Tensor, ...]], list[tuple[Tensor, ...]], Tensor]:
+        """Gradients of the selected output with respect to each layer's activation.
+
+        Nothing upstream of the first layer to run is differentiated.
+
+        Returns:
+            ``(grads, activations, outputs)``: per layer the gradients and activations (tuples
+            of ``(batch, ...)`` tensors) and the selected outputs ``(batch,)``, detached.
+        """
+        leaves: dict[int, tuple[Tensor, ...]] = {}
+        acts: dict[int, tuple[Tensor, ...]] = {}
+
+        def as_leaves(index: int, value: Any) -> Any:
+            # activation + a zero leaf: the leaf's gradient is the activation's. The first layer
+            # to run needs nothing upstream, so its activation is detached; later ones keep
+            # their graph, so an earlier layer's gradient still flows through them.
+            tensors = _tensors_of(value)
+            first = not acts
+            acts[index] = tuple(t.detach() for t in tensors)
+            leaves[index] = tuple(torch.zeros_like(t, requires_grad=True) for t in tensors)
+            new = [(t.detach() if first else t) + z for t, z in zip(tensors, leaves[index])]
+            return _with_tensors(value, new)
+
+        with torch.enable_grad(), registered(*self._registrations(as_leaves)):
+            output = self.forward_func(*inputs, *args)
+            self._check_ran(leaves)
+            self._check_tensors(leaves)
+            batch = next(t for t in inputs if isinstance(t, Tensor)).shape[0]
+            selected = target.select(output, batch)
+            flat = [t for i in range(len(self.layers)) for t in leaves[i]]
+            grads = torch.autograd.grad(selected.sum(), flat, allow_unused=True)
+        it = iter(torch.zeros_like(t) if g is None else g for g, t in zip(grads, flat))
+        per_layer = [tuple(next(it) for _ in leaves[i]) for i in range(len(self.layers))]
+        return per_layer, [acts[i] for i in range(len(self.layers))], selected.detach()
+
+    @contextmanager
+    def replaced(self, values: Sequence[tuple[Tensor, ...]]) -> Iterator[None]:
+        """Inside the block, each layer's first call returns ``values[i]`` instead."""
+        done: set[int] = set()
+
+        def swap(index: int, value: Any) -> Any:
+            done.add(index)
+            if self.to_input:
+                return _with_tensors(value, values[index])
+            new = values[index]
+            old = _tensors_of(value)
+            for a, b in zip(old, new):
+                if a.shape != b.shape:
+                    raise RuntimeError(
+                        f"Layer {type(self.layers[index]).__name__} produced shape "
+                        f"{tuple(a.shape)} but the substituted activation has shape "
+                        f"{tuple(b.shape)}."
+                    )
+            return _with_tensors(value, new)
+
+        with registered(*self._registrations(swap)):
+            yield
+        self._check_ran(done)
+
+    def function(self, sizes: Sequence[int]) -> Callable[..., Any]:
+        """``g(*activation_tensors, *inputs, *args)``: the model run with the layers' activations
+        given. ``sizes[i]`` is the number of tensors of layer ``i``'s activation; the remaining
+        arguments go to the forward function."""
+
+        def g(*all_args: Any) -> Any:
+            acts: list[tuple[Tensor, ...]] = []
+            rest = all_args
+            for n in sizes:
+                acts.append(tuple(rest[:n]))
+                rest = rest[n:]
+            with self.replaced(acts):
+                return self.forward_func(*rest)
+
+        return g
+
+
+def select_neuron(activation: tuple[Tensor, ...], selector: NeuronSelector) -> Tensor:
+    """One value per example from a layer's activation.
+
+    Args:
+        activation: the layer's activation tensors (the first is indexed).
+        selector: an int or tuple indexing ``activation[0][i, ...]`` (slices select several
+            neurons, whose values are summed), or a callable receiving the activation (a tensor,
+            or a tuple when the layer returns several) and returning ``(batch,)``.
+
+    Returns:
+        ``(batch,)``.
+    """
+    if callable(selector):
+        value = selector(activation[0] if len(activation) == 1 else activation)
+        if (
+            not isinstance(value, Tensor)
+            or value.dim() != 1
+            or value.shape[0] != activation[0].shape[0]
+        ):
+            raise ValueError(
+                "A callable neuron_selector must return one value per example, shape "
+                f"({activation[0].shape[0]},)."
+            )
+        return value
+    act = activation[0]
+    index = (selector,) if isinstance(selector, int) else tuple(selector)
+    if len(index) != act.dim() - 1:
+        raise ValueError(
+            f"neuron_selector {selector!r} has {len(index)} index(es) but the layer's activation "
+            f"has shape {tuple(act.shape)}: give one index per dimension after the batch "
+            f"({act.dim() - 1})."
+        )
+    for i, (ix, size) in enumerate(zip(index, act.shape[1:])):
+        if isinstance(ix, int) and not -size <= ix < size:
+            raise IndexError(
+                f"neuron_selector index {ix} at dimension {i + 1} is out of range for the "
+                f"activation of shape {tuple(act.shape)}."
+            )
+        if not isinstance(ix, int | slice):
+            raise TypeError(f"neuron_selector entries must be ints or slices, got {ix!r}.")
+    picked = act[tuple([slice(None), *index])]
+    return picked.reshape(act.shape[0], -1).sum(1)
+
+
+def neuron_function(
+    forward_func: Callable[..., Any],
+    layer: nn.Module,
+    selector: NeuronSelector,
+    to_input: bool = False,
+) -> Callable[..., Tensor]:
+    """``h(*inputs, *args)``: the selected neuron's value per example, ``(batch,)``; the forward
+    stops as soon as the layer has run."""
+    cut = LayerCut(forward_func, [layer], to_input)
+
+    def h(*args: Any) -> Tensor:
+        (activation,), _ = cut.activations(args, grad=torch.is_grad_enabled())
+        return select_neuron(activation, selector)
+
+    return h

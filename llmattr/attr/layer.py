@@ -1,0 +1,430 @@
+"""Layer attribution: how much each neuron of a layer contributes to the output.
+
+Most of these are a primary algorithm applied to the function "layer activation → output"
+(:class:`~llmattr._core.layers.LayerCut`): LayerIntegratedGradients is IntegratedGradients
+between the layer's activations at the baselines and at the inputs, LayerFeatureAblation is
+FeatureAblation of the activation, and so on. The methods whose path stays in input space
+(conductance, internal influence, GradientShap, DeepLift) are in :mod:`.layer_path`.
+
+``layer`` may be one module or, for the layer-space methods, a list of modules: every layer is
+then attributed independently and the results come back as a list. A layer whose activation is
+a tuple gives a tuple of attributions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .._core.base import LayerAttribution
+from .._core.batching import ChunkSize
+from .._core.call import Call
+from .._core.inputs import (
+    BaselineType,
+    TensorOrTuple,
+    format_baselines,
+    per_example_sum,
+)
+from .._core.layers import LayerCut
+from .._core.targets import TargetType
+from .ablation import FeatureAblation, FeaturePermutation
+from .backprop import GuidedBackprop
+from .integrated_gradients import IntegratedGradients
+from .lrp import LRP
+
+__all__ = [
+    "GuidedGradCam",
+    "LayerActivation",
+    "LayerFeatureAblation",
+    "LayerFeaturePermutation",
+    "LayerGradCam",
+    "LayerGradientXActivation",
+    "LayerIntegratedGradients",
+    "LayerLRP",
+]
+
+LayerResult = Tensor | tuple[Tensor, ...] | list[Any]
+
+
+def _form(per_layer: Sequence[tuple[Tensor, ...]], many: bool) -> LayerResult:
+    """One tensor per layer activation tensor: a tensor, a tuple, or a list over layers."""
+    shaped = [a[0] if len(a) == 1 else tuple(a) for a in per_layer]
+    return shaped if many else shaped[0]
+
+
+class _Layer(LayerAttribution):
+    """Shared constructor and cut handling of the layer methods."""
+
+    def __init__(
+        self,
+        forward_func: Callable[..., Any],
+        layer: nn.Module | list[nn.Module],
+        device_ids: list[int] | None = None,
+        multiply_by_inputs: bool = True,
+    ) -> None:
+        super().__init__(forward_func, layer, device_ids)  # type: ignore[arg-type]
+        self._multiply_by_inputs = multiply_by_inputs
+        LayerCut(forward_func, self._layers())  # validates before any work
+
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        return self._multiply_by_inputs
+
+    def _layers(self) -> list[nn.Module]:
+        return list(self.layer) if isinstance(self.layer, list | tuple) else [self.layer]
+
+    def _many(self) -> bool:
+        return isinstance(self.layer, list | tuple)
+
+    def _cuts(self, to_input: bool) -> list[LayerCut]:
+        return [LayerCut(self.forward_func, [m], to_input) for m in self._layers()]
+
+
+class LayerActivation(_Layer):
+    """The activations of a layer (its output, or its input).
+
+    Args:
+        forward_func: the model or forward function.
+        layer: a module, or a list of modules.
+        device_ids: see :class:`~llmattr.LayerAttribution`.
+    """
+
+    def attribute(
+        self,
+        inputs: TensorOrTuple,
+        additional_forward_args: Any = None,
+        attribute_to_layer_input: bool = False,
+    ) -> LayerResult:
+        """Activations shaped like the layer's output (or input); the forward stops at the layer.
+
+        Args:
+            inputs: the model's inputs.
+            additional_forward_args: extra forward arguments.
+            attribute_to_layer_input: return the layer's inputs instead.
+        """
+        call = Call.of(inputs, None, additional_forward_args)
+        cut = LayerCut(self.forward_func, self._layers(), attribute_to_layer_input)
+        acts, _ = cut.activations(call.inputs, call.args)
+        return _form(acts, self._many())
+
+
+class LayerGradientXActivation(_Layer):
+    """The layer's activation times the gradient of the output with respect to it.
+
+    Args:
+        forward_func: the model or forward function.
+        layer: a module, or a list of modules (all from one forward and backward).
+        device_ids: see :class:`~llmattr.LayerAttribution`.
+        multiply_by_inputs: multiply by the activation (default) or return the gradient.
+    """
+
+    def attribute(
+        self,
+        inputs: TensorOrTuple,
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        attribute_to_layer_input: bool = False,
+    ) -> LayerResult:
+        """``activation * d target / d activation``, shaped like the layer's activation.
+
+        Args:
+            inputs: the model's inputs.
+            target: which output to explain.
+            additional_forward_args: extra forward arguments.
+            attribute_to_layer_input: attribute to the layer's inputs.
+        """
+        call = Call.of(inputs, target, additional_forward_args)
+        cut = LayerCut(self.forward_func, self._layers(), attribute_to_layer_input)
+        grads, acts, _ = cut.gradients(call.inputs, call.target, call.args)
+        if self._multiply_by_inputs:
+            grads = [tuple(g * a for g, a in zip(gs, as_)) for gs, as_ in zip(grads, acts)]
+        return _form(grads, self._many())
+
+
+class LayerIntegratedGradients(_Layer):
+    """Integrated gradients in a layer's activation space.
+
+    The path runs straight from the layer's activation at the baselines to its activation at the
+    inputs, so the attributions of each example sum to ``f(x) - f(baselines)`` (the delta
+    reports the gap). On an embedding layer this attributes token-id inputs, which cannot be
+    differentiated: sum the result over the embedding dimension for one score per token.
+
+    Args:
+        forward_func: the model or forward function.
+        layer: a module, or a list of modules (each attributed independently).
+        device_ids: see :class:`~llmattr.LayerAttribution`.
+        multiply_by_inputs: multiply by the activation difference (default) or not.
+    """
+
+    def has_convergence_delta(self) -> bool:
+        return True
+
+    def attribute(
+        self,
+        inputs: TensorOrTuple,
+        baselines: BaselineType = None,
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        n_steps: int = 50,
+        method: str = "gausslegendre",
+        internal_batch_size: ChunkSize = None,
+        return_convergence_delta: bool = False,
+        attribute_to_layer_input: bool = False,
+    ) -> LayerResult | tuple[LayerResult, Tensor | list[Tensor]]:
+        """Layer integrated gradients.
+
+        Args:
+            inputs: the model's inputs (token ids are fine).
+            baselines: input baselines (e.g. a pad/mask token id); the path starts at the
+                layer's activation for them.
+            target: which output to explain.
+            additional_forward_args: extra forward arguments.
+            n_steps, method, internal_batch_size: as for
+                :class:`~llmattr.IntegratedGradients`.
+            return_convergence_delta: also return the completeness gap per example (a list,
+                one per layer, for a list of layers).
+            attribute_to_layer_input: attribute to the layer's inputs.
+
+        Returns:
+            Attributions shaped like the layer's activation (a list for a list of layers), and
+            the delta ``(batch,)`` when asked.
+        """
+        call = Call.of(inputs, target, additional_forward_args)
+        bases = format_baselines(baselines, call.inputs)
+        results: list[Any] = []
+        deltas: list[Tensor] = []
+        for cut in self._cuts(attribute_to_layer_input):
+            (at_x,), _ = cut.activations(call.inputs, call.args)
+            (at_b,), _ = cut.activations(bases, call.args)
+            ig = IntegratedGradients(cut.function([len(at_x)]), self._multiply_by_inputs)
+            out = ig.attribute(
+                at_x,
+                baselines=at_b,
+                target=call.target,
+                additional_forward_args=(*call.inputs, *call.args),
+                n_steps=n_steps,
+                method=method,  # type: ignore[arg-type]
+                internal_batch_size=internal_batch_size,
+                return_convergence_delta=return_convergence_delta,
+            )
+            if return_convergence_delta:
+                out, delta = out  # type: ignore[misc]
+                deltas.append(delta)
+            results.append(out)
+        formed = _form(results, self._many())
+        if not return_convergence_delta:
+            return formed
+        return formed, deltas if self._many() else deltas[0]
+
+
+class LayerFeatureAblation(_Layer):
+    """FeatureAblation of a layer's neurons: replace neuron groups (``layer_mask``) by
+    ``layer_baselines`` and record the output's drop.
+
+    Args:
+        forward_func: the model or forward function.
+        layer: a module.
+        device_ids: see :class:`~llmattr.LayerAttribution`.
+    """
+
+    def attribute(
+        self,
+        inputs: TensorOrTuple,
+        layer_baselines: BaselineType = None,
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        layer_mask: Tensor | tuple[Tensor, ...] | None = None,
+        attribute_to_layer_input: bool = False,
+        perturbations_per_eval: int = 1,
+    ) -> LayerResult:
+        """Ablation attributions shaped like the layer's activation.
+
+        Args:
+            inputs: the model's inputs.
+            layer_baselines: replacement activations (None: zeros; a number; a tensor
+                broadcastable to the activation).
+            target: which output to explain.
+            additional_forward_args: extra forward arguments.
+            layer_mask: neuron groups, like ``feature_mask`` over the activation.
+            attribute_to_layer_input: ablate the layer's inputs.
+            perturbations_per_eval: ablations per forward.
+        """
+        call = Call.of(inputs, target, additional_forward_args)
+        (cut,) = self._cuts(attribute_to_layer_input)
+        (acts,), _ = cut.activations(call.inputs, call.args)
+        attrs = FeatureAblation(cut.function([len(acts)])).attribute(
+            acts if len(acts) > 1 else acts[0], baselines=layer_baselines, target=call.target,
+            additional_forward_args=(*call.inputs, *call.args), feature_mask=layer_mask,
+            perturbations_per_eval=perturbations_per_eval,
+        )  # fmt: skip
+        return attrs
+
+
+class LayerFeaturePermutation(_Layer):
+    """FeaturePermutation of a layer's neurons across the batch.
+
+    Args:
+        forward_func: the model or forward function.
+        layer: a module.
+        device_ids: see :class:`~llmattr.LayerAttribution`.
+    """
+
+    def attribute(
+        self,
+        inputs: TensorOrTuple,
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        layer_mask: Tensor | tuple[Tensor, ...] | None = None,
+        perturbations_per_eval: int = 1,
+        generator: torch.Generator | int | None = None,
+    ) -> LayerResult:
+        """Permutation attributions shaped like the layer's output."""
+        call = Call.of(inputs, target, additional_forward_args)
+        (cut,) = self._cuts(False)
+        (acts,), _ = cut.activations(call.inputs, call.args)
+        return FeaturePermutation(cut.function([len(acts)])).attribute(
+            acts if len(acts) > 1 else acts[0], target=call.target,
+            additional_forward_args=(*call.inputs, *call.args), feature_mask=layer_mask,
+            perturbations_per_eval=perturbations_per_eval,
+            generator=generator,
+        )  # fmt: skip
+
+
+class LayerGradCam(_Layer):
+    """Grad-CAM (Selvaraju et al., 2017): the layer's activation weighted by its gradient
+    averaged over the spatial dimensions, summed over channels.
+
+    Args:
+        forward_func: the model or forward function.
+        layer: a module (usually the last convolution).
+        device_ids: see :class:`~llmattr.LayerAttribution`.
+    """
+
+    def attribute(
+        self,
+        inputs: TensorOrTuple,
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        attribute_to_layer_input: bool = False,
+        relu_attributions: bool = False,
+        attr_dim_summation: bool = True,
+    ) -> LayerResult:
+        """Grad-CAM maps of shape ``(batch, 1, *spatial)`` (``(batch, channels, *spatial)``
+        without ``attr_dim_summation``).
+
+        Args:
+            inputs: the model's inputs.
+            target: which output to explain.
+            additional_forward_args: extra forward arguments.
+            attribute_to_layer_input: use the layer's inputs.
+            relu_attributions: keep only positive evidence.
+            attr_dim_summation: sum over channels (dimension 1).
+        """
+        call = Call.of(inputs, target, additional_forward_args)
+        (cut,) = self._cuts(attribute_to_layer_input)
+        (grads,), (acts,), _ = cut.gradients(call.inputs, call.target, call.args)
+        maps = []
+        for g, a in zip(grads, acts):
+            weights = g.mean(dim=tuple(range(2, g.dim())), keepdim=True) if g.dim() > 2 else g
+            cam = weights * a
+            if attr_dim_summation:
+                cam = cam.sum(1, keepdim=True)
+            maps.append(torch.relu(cam) if relu_attributions else cam)
+        return _form([tuple(maps)], False)
+
+
+class LayerLRP(_Layer):
+    """Relevance (LRP) arriving at a layer: ``activation * modified gradient`` with the rules of
+    :class:`~llmattr.LRP`.
+
+    Args:
+        model: the network (an ``nn.Module``).
+        layer: a module, or a list of modules.
+    """
+
+    def __init__(self, model: nn.Module, layer: nn.Module | list[nn.Module]) -> None:
+        super().__init__(model, layer)
+        self.lrp = LRP(model)
+
+    def has_convergence_delta(self) -> bool:
+        return True
+
+    def attribute(
+        self,
+        inputs: TensorOrTuple,
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        return_convergence_delta: bool = False,
+        attribute_to_layer_input: bool = False,
+        verbose: bool = False,
+    ) -> LayerResult | tuple[LayerResult, Tensor | list[Tensor]]:
+        """Relevance at the layer; the delta is ``sum(relevance) - output`` per example (a list
+        over layers for a list of layers)."""
+        call = Call.of(inputs, target, additional_forward_args)
+        cut = LayerCut(self.forward_func, self._layers(), attribute_to_layer_input)
+        with self.lrp.rules_applied(verbose):
+            grads, acts, out = cut.gradients(call.inputs, call.target, call.args)
+        relevance = [tuple(g * a for g, a in zip(gs, as_)) for gs, as_ in zip(grads, acts)]
+        result = _form(relevance, self._many())
+        if not return_convergence_delta:
+            return result
+        deltas = [per_example_sum(r).to(out.dtype) - out for r in relevance]
+        return result, deltas if self._many() else deltas[0]
+
+
+class GuidedGradCam(_Layer):
+    """Guided Grad-CAM: guided backpropagation times the layer's Grad-CAM map upsampled to the
+    input's spatial size.
+
+    Args:
+        model: the network (an ``nn.Module``).
+        layer: the module whose Grad-CAM is used (usually the last convolution).
+        device_ids: see :class:`~llmattr.LayerAttribution`.
+    """
+
+    def __init__(
+        self, model: nn.Module, layer: nn.Module, device_ids: list[int] | None = None
+    ) -> None:
+        super().__init__(model, layer, device_ids)
+        self.grad_cam = LayerGradCam(model, layer, device_ids)
+        self.guided_backprop = GuidedBackprop(model)
+
+    def attribute(
+        self,
+        inputs: TensorOrTuple,
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        interpolate_mode: str = "nearest",
+        attribute_to_layer_input: bool = False,
+    ) -> TensorOrTuple:
+        """Guided Grad-CAM attributions shaped like ``inputs``.
+
+        Args:
+            inputs: ``(batch, channels, *spatial)`` float tensors (or a tuple); the map is
+                upsampled to each input's spatial size.
+            target: which output to explain.
+            additional_forward_args: extra forward arguments.
+            interpolate_mode: upsampling mode (see ``torch.nn.functional.interpolate``).
+            attribute_to_layer_input: use the layer's inputs for Grad-CAM.
+        """
+        call = Call.of(inputs, target, additional_forward_args, gradient_method=self.get_name())
+        cam = self.grad_cam.attribute(
+            call.inputs, call.target, call.args, attribute_to_layer_input, relu_attributions=True
+        )
+        if not isinstance(cam, Tensor):
+            raise TypeError("GuidedGradCam needs a layer whose activation is one tensor.")
+        guided = self.guided_backprop.attribute(call.inputs, call.target, call.args)
+        out = []
+        for x, g in zip(call.inputs, guided):
+            if x.dim() != cam.dim():
+                raise ValueError(
+                    f"Input of shape {tuple(x.shape)} and the layer's Grad-CAM map of shape "
+                    f"{tuple(cam.shape)} have different numbers of dimensions; GuidedGradCam "
+                    "needs (batch, channels, *spatial) inputs matching the layer."
+                )
+            up = LayerAttribution.interpolate(cam, tuple(x.shape[2:]), interpolate_mode)
+            out.append(g * up)
+        return call.result(out)

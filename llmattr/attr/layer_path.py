@@ -1,0 +1,360 @@
+"""Layer attribution along the input-space path: gradients taken *at* the layer while the
+inputs move from the baselines to the inputs (internal influence, conductance, GradientShap) or
+at the (input, baseline) pair (DeepLift). All use the cut of :mod:`llmattr._core.layers`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .._core.base import GradientAttribution
+from .._core.batching import ChunkSize, run_in_chunks
+from .._core.call import Call
+from .._core.forward import accumulate_gradients
+from .._core.inputs import (
+    BaselineType,
+    TensorOrTuple,
+    expand_args,
+    format_baseline_distribution,
+    format_baselines,
+    per_example_sum,
+)
+from .._core.layers import LayerCut
+from .._core.perturbation import check_positive_int
+from .._core.targets import TargetType
+from .deeplift import _custom_attributions, deeplift_multipliers
+from .gradient_shap import Draws, expected_gradients, noise_stdevs
+from .integrated_gradients import step_rule
+from .layer import LayerResult, _form, _Layer
+
+__all__ = [
+    "InternalInfluence",
+    "LayerConductance",
+    "LayerDeepLift",
+    "LayerDeepLiftShap",
+    "LayerGradientShap",
+]
+
+
+class InternalInfluence(_Layer):
+    """Internal influence (Leino et al., 2018): the gradient at the layer integrated along the
+    straight path from the baselines to the inputs *in input space*.
+
+    Args:
+        forward_func: the model or forward function.
+        layer: a module.
+        device_ids: see :class:`~llmattr.LayerAttribution`.
+    """
+
+    def attribute(
+        self,
+        inputs: TensorOrTuple,
+        baselines: BaselineType = None,
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        n_steps: int = 50,
+        method: str = "gausslegendre",
+        internal_batch_size: ChunkSize = None,
+        attribute_to_layer_input: bool = False,
+    ) -> LayerResult:
+        """Integrated layer gradients, shaped like the layer's activation.
+
+        Args:
+            inputs: a ``(batch, ...)`` float tensor or tuple of them.
+            baselines: input baselines.
+            target, additional_forward_args, n_steps, method, internal_batch_size: as for
+                :class:`~llmattr.IntegratedGradients`.
+            attribute_to_layer_input: attribute to the layer's inputs.
+        """
+        call = Call.of(inputs, target, additional_forward_args, gradient_method=self.get_name())
+        (cut,) = self._cuts(attribute_to_layer_input)
+        alphas, weights = step_rule(method, n_steps)
+        path = _InputPath(call, format_baselines(baselines, call.inputs), alphas)
+
+        def contribution(start: int, end: int, grads: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+            return tuple(g * path.per_row(weights, start, end, g) for g in grads)
+
+        totals = accumulate_gradients(
+            self.forward_func, call, path.row_examples, path.points, contribution,
+            internal_batch_size, grad_fn=_layer_grads(cut),
+        )  # fmt: skip
+        return _form([totals], False)
+
+
+class _InputPath:
+    """Rows ``step * batch + example`` of the straight path ``b + α (x - b)`` in input space."""
+
+    def __init__(self, call: Call, bases: tuple[Tensor, ...], alphas: Tensor) -> None:
+        batch = call.batch
+        self.alphas = alphas
+        self.bases = bases
+        self.diffs = tuple(x - b for x, b in zip(call.inputs, bases))
+        self.row_steps = torch.arange(len(alphas)).repeat_interleave(batch)
+        self.row_examples = torch.arange(batch).repeat(len(alphas))
+
+    def per_row(self, values: Tensor, start: int, end: int, like: Tensor) -> Tensor:
+        v = values[self.row_steps[start:end]].to(device=like.device, dtype=like.dtype)
+        return v.reshape(-1, *([1] * (like.dim() - 1)))
+
+    def points(self, start: int, end: int) -> tuple[Tensor, ...]:
+        ex = self.row_examples[start:end]
+        return tuple(
+            b[ex.to(b.device)] + self.per_row(self.alphas, start, end, d) * d[ex.to(d.device)]
+            for b, d in zip(self.bases, self.diffs)
+        )
+
+
+def _layer_grads(cut: LayerCut) -> Callable[..., tuple[Tensor, ...]]:
+    def grad_fn(
+        points: tuple[Tensor, ...], target: Any, args: tuple[Any, ...]
+    ) -> tuple[Tensor, ...]:
+        (grads,), _, _ = cut.gradients(points, target, args)
+        return grads
+
+    return grad_fn
+
+
+class LayerConductance(_Layer, GradientAttribution):
+    """Conductance (Dhamdhere et al., 2018): each neuron's share of the integrated gradients.
+
+    Along the straight input-space path the output's change is the sum over neurons of
+    ``∫ ∂f/∂a_j · da_j``; conductance is neuron ``j``'s term, computed with the trapezoid rule on
+    the path's partition (the method's nodes plus both ends). Summed over the layer it equals
+    ``f(x) - f(baselines)`` when every path from the inputs to the output crosses the layer.
+
+    Args:
+        forward_func: the model or forward function.
+        layer: a module.
+        device_ids: see :class:`~llmattr.LayerAttribution`.
+    """
+
+    def has_convergence_delta(self) -> bool:
+        return True
+
+    def attribute(
+        self,
+        inputs: TensorOrTuple,
+        baselines: BaselineType = None,
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        n_steps: int = 50,
+        method: str = "gausslegendre",
+        internal_batch_size: ChunkSize = None,
+        return_convergence_delta: bool = False,
+        attribute_to_layer_input: bool = False,
+    ) -> LayerResult | tuple[LayerResult, Tensor]:
+        """Conductance of every neuron of the layer.
+
+        Args:
+            inputs: a ``(batch, ...)`` float tensor or tuple of them.
+            baselines: input baselines.
+            target, additional_forward_args, n_steps, method, internal_batch_size: as for
+                :class:`~llmattr.IntegratedGradients`.
+            return_convergence_delta: also return ``sum(conductance) - (f(x) - f(b))``.
+            attribute_to_layer_input: attribute to the layer's inputs.
+        """
+        call = Call.of(inputs, target, additional_forward_args, gradient_method=self.get_name())
+        (cut,) = self._cuts(attribute_to_layer_input)
+        bases = format_baselines(baselines, call.inputs)
+        nodes, _ = step_rule(method, n_steps)
+        partition = torch.unique(torch.cat([nodes, torch.tensor([0.0, 1.0], dtype=nodes.dtype)]))
+        path = _InputPath(call, bases, partition)
+        batch, n_points = call.batch, len(partition)
+        acts: list[Tensor] = []
+
+        def activations(start: int, end: int) -> None:
+            _, args = call.for_rows(path.row_examples[start:end])
+            (at,), _ = cut.activations(path.points(start, end), args)
+            if len(at) != 1:
+                raise TypeError("LayerConductance needs a layer whose activation is one tensor.")
+            acts.append(at[0])
+
+        run_in_chunks(n_points * batch, internal_batch_size, activations)
+        along = torch.cat(acts)  # (points * batch, ...) activations along the path
+
+        def contribution(start: int, end: int, grads: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+            rows = torch.arange(start, end)
+            step, example = rows // batch, rows % batch
+            nxt = step.clamp(max=n_points - 2) + 1
+            prv = (step - 1).clamp(min=0)
+            # trapezoid rule: point s weighs its gradient by half the activation change
+            # from the previous to the next point
+            change = along[nxt * batch + example] - along[prv * batch + example]
+            return (grads[0] * change * 0.5,)
+
+        (cond,) = accumulate_gradients(
+            self.forward_func, call, path.row_examples, path.points, contribution,
+            internal_batch_size, grad_fn=_layer_grads(cut),
+        )  # fmt: skip
+        if not return_convergence_delta:
+            return cond
+        delta = self.compute_convergence_delta(cond, bases, call.inputs, call.target, call.args)
+        return cond, delta
+
+
+
+class LayerGradientShap(_Layer):
+    """GradientShap at a layer: expected gradients at the layer along random input-space paths,
+    times the change of the layer's activation ``a(x + ε) - a(b)``.
+
+    Args:
+        forward_func: the model or forward function.
+        layer: a module.
+        device_ids: see :class:`~llmattr.LayerAttribution`.
+        multiply_by_inputs: multiply by the activation change (default) or not.
+    """
+
+    _baseline_distribution = True
+
+    def has_convergence_delta(self) -> bool:
+        return True
+
+    def attribute(
+        self,
+        inputs: TensorOrTuple,
+        baselines: Any,
+        n_samples: int = 5,
+        stdevs: float | tuple[float, ...] = 0.0,
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        return_convergence_delta: bool = False,
+        attribute_to_layer_input: bool = False,
+        internal_batch_size: ChunkSize = None,
+    ) -> LayerResult | tuple[LayerResult, Tensor]:
+        """Layer GradientShap attributions (see :class:`~llmattr.GradientShap` for the
+        arguments); the delta has shape ``(batch * n_samples,)``."""
+        call = Call.of(inputs, target, additional_forward_args, gradient_method=self.get_name())
+        check_positive_int(n_samples, "n_samples")
+        dist = format_baseline_distribution(baselines, call.inputs, inputs)
+        draws = Draws.sample(call, dist, n_samples, noise_stdevs(stdevs, len(call.inputs)))
+        (cut,) = self._cuts(attribute_to_layer_input)
+        attrs, delta = expected_gradients(
+            self.forward_func, call, draws, self._multiply_by_inputs, internal_batch_size,
+            return_convergence_delta, cut,
+        )  # fmt: skip
+        result = _form([attrs], False)
+        return result if delta is None else (result, delta)
+
+
+class LayerDeepLift(_Layer):
+    """DeepLift's attribution to a layer: ``(a(x) - a(x')) * m`` with ``m`` the multipliers at
+    the layer (same rules and restrictions as :class:`~llmattr.DeepLift`).
+
+    Args:
+        model: the network (an ``nn.Module``).
+        layer: a module of the model.
+        multiply_by_inputs: multiply by the activation difference (default) or not.
+    """
+
+    def __init__(self, model: nn.Module, layer: nn.Module, multiply_by_inputs: bool = True) -> None:
+        super().__init__(model, layer, None, multiply_by_inputs)
+        self.model = model
+        self.eps = 1e-10
+
+    def has_convergence_delta(self) -> bool:
+        return True
+
+    def _pairs(
+        self,
+        call: Call,
+        inputs: tuple[Tensor, ...],
+        bases: tuple[Tensor, ...],
+        target: Any,
+        args: tuple[Any, ...],
+        to_input: bool,
+    ) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...], tuple[Tensor, ...], Tensor, Tensor]:
+        (cut,) = self._cuts(to_input)
+        joint_acts: list[tuple[Tensor, ...]] = []
+
+        def grad_fn(joint: tuple[Tensor, ...], tgt: Any, a: tuple[Any, ...]) -> Any:
+            (grads,), (acts,), out = cut.gradients(joint, tgt, a)
+            joint_acts.append(acts)
+            return grads, out
+
+        mult, f_x, f_b = deeplift_multipliers(
+            self.model, inputs, bases, target, args, self.eps, self.get_name(), grad_fn
+        )
+        n = inputs[0].shape[0]
+        at_x = tuple(a[:n] for a in joint_acts[0])
+        at_b = tuple(a[n:] for a in joint_acts[0])
+        return mult, at_x, at_b, f_x, f_b
+
+    def attribute(
+        self,
+        inputs: TensorOrTuple,
+        baselines: BaselineType = None,
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        return_convergence_delta: bool = False,
+        attribute_to_layer_input: bool = False,
+        custom_attribution_func: Callable[..., Any] | None = None,
+    ) -> LayerResult | tuple[LayerResult, Tensor]:
+        """Layer DeepLift attributions (arguments as for :class:`~llmattr.DeepLift`), shaped
+        like the layer's activation; the delta has shape ``(batch,)``."""
+        call = Call.of(inputs, target, additional_forward_args, gradient_method=self.get_name())
+        bases = format_baselines(baselines, call.inputs)
+        mult, at_x, at_b, f_x, f_b = self._pairs(
+            call, call.inputs, bases, call.target, call.args, attribute_to_layer_input
+        )
+        attrs = _deeplift_finish(
+            mult, at_x, at_b, self._multiply_by_inputs, custom_attribution_func
+        )
+        result = _form([attrs], False)
+        if not return_convergence_delta:
+            return result
+        return result, per_example_sum(attrs).to(f_x.dtype) - (f_x - f_b)
+
+
+def _deeplift_finish(
+    mult: tuple[Tensor, ...],
+    at_x: tuple[Tensor, ...],
+    at_b: tuple[Tensor, ...],
+    multiply: bool,
+    custom: Callable[..., Any] | None,
+) -> tuple[Tensor, ...]:
+    if custom is not None:
+        return _custom_attributions(custom, mult, at_x, at_b)
+    return tuple((x - b) * m for x, b, m in zip(at_x, at_b, mult)) if multiply else mult
+
+
+class LayerDeepLiftShap(LayerDeepLift):
+    """LayerDeepLift averaged over a distribution of baselines.
+
+    Args:
+        model: the network (an ``nn.Module``).
+        layer: a module of the model.
+        multiply_by_inputs: multiply by the activation difference (default) or not.
+    """
+
+    _baseline_distribution = True
+
+    def attribute(  # type: ignore[override]
+        self,
+        inputs: TensorOrTuple,
+        baselines: Any,
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        return_convergence_delta: bool = False,
+        attribute_to_layer_input: bool = False,
+        custom_attribution_func: Callable[..., Any] | None = None,
+    ) -> LayerResult | tuple[LayerResult, Tensor]:
+        """Mean over baselines of LayerDeepLift; the delta has shape ``(batch * n_baselines,)``,
+        example-major."""
+        call = Call.of(inputs, target, additional_forward_args, gradient_method=self.get_name())
+        dist = format_baseline_distribution(baselines, call.inputs, inputs)
+        n_base, batch = dist[0].shape[0], call.batch
+        xs = tuple(x.repeat_interleave(n_base, dim=0) for x in call.inputs)
+        bs = tuple(b.repeat(batch, *([1] * (b.dim() - 1))) for b in dist)
+        mult, at_x, at_b, f_x, f_b = self._pairs(
+            call, xs, bs, call.target.expand(n_base, "interleave"),
+            expand_args(call.args, batch, n_base, "interleave"), attribute_to_layer_input,
+        )  # fmt: skip
+        rows = _deeplift_finish(mult, at_x, at_b, self._multiply_by_inputs, custom_attribution_func)
+        attrs = tuple(r.reshape(batch, n_base, *r.shape[1:]).mean(1) for r in rows)
+        result = _form([attrs], False)
+        if not return_convergence_delta:
+            return result
+        return result, per_example_sum(rows).to(f_x.dtype) - (f_x - f_b)
