@@ -135,12 +135,31 @@ class LayerCut:
         return [found[i] for i in range(len(self.layers))], output
 
     def _check_ran(self, ran: Any) -> None:
-        missing = [type(m).__name__ for i, m in enumerate(self.layers) if i not in ran]
+        missing = [m for i, m in enumerate(self.layers) if i not in ran]
         if missing:
             raise RuntimeError(
-                f"Layer(s) {', '.join(missing)} never ran in the forward pass, so there is nothing "
-                "to attribute to: check that the layer belongs to the path the inputs take."
+                f"Layer(s) {', '.join(type(m).__name__ for m in missing)} never ran in the forward "
+                "pass, so there is nothing to attribute to: check that the layer belongs to the "
+                f"path the inputs take.{self._weight_sharers(missing)}"
             )
+
+    def _weight_sharers(self, missing: list[nn.Module]) -> str:
+        """Name modules that share a missing layer's weights (e.g. T5's ``shared`` embedding,
+        which ``transformers`` 5 does not call: ``encoder.embed_tokens`` is)."""
+        if not isinstance(self.forward_func, nn.Module):
+            return ""
+        pointers = {p.data_ptr() for m in missing for p in m.parameters(recurse=False)}
+        names = [
+            name
+            for name, module in self.forward_func.named_modules()
+            if module not in missing
+            and any(p.data_ptr() in pointers for p in module.parameters(recurse=False))
+        ]
+        return (
+            f" Modules sharing its weights that may run instead: {', '.join(names)}."
+            if names
+            else ""
+        )
 
     def _check_tensors(self, found: dict[int, tuple[Tensor, ...]]) -> None:
         for i, tensors in found.items():
