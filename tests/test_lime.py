@@ -4,6 +4,7 @@ reproducibility, batching, multi-output and aggregate forwards, errors."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -156,7 +157,7 @@ def test_ridge_and_lasso_shrink_monotonically_in_alpha() -> None:
     ridge = [coefs(Ridge(alpha=a)).norm().item() for a in (0.01, 0.1, 1.0, 10.0, 100.0)]
     lasso = [coefs(Lasso(alpha=a)).abs().sum().item() for a in (0.001, 0.01, 0.1, 0.3, 0.6)]
     for path in (ridge, lasso):
-        assert all(later < earlier for earlier, later in zip(path, path[1:]))
+        assert all(later < earlier for earlier, later in itertools.pairwise(path))
         assert path[0] > 0.95 * exact.norm(p=2 if path is ridge else 1).item()
         assert path[-1] < 0.5 * exact.norm(p=2 if path is ridge else 1).item()
     # no penalty: the exact coefficients
