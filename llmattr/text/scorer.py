@@ -84,7 +84,9 @@ class Scorer:
             raise ValueError("The target is empty: give at least one target token.")
         self.pad = int(pad_token_id)
         self.chunk_size = chunk_size
-        self.encoder_decoder = bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
+        self.encoder_decoder = bool(
+            getattr(getattr(model, "config", None), "is_encoder_decoder", False)
+        )
         limit = context_length(model)
         needed = self.prompt.numel() + (0 if self.encoder_decoder else self.target.numel())
         if limit is not None and needed > limit:
@@ -170,10 +172,15 @@ class Scorer:
             ids[i, width - n :] = t
             mask[i, j + width - n :] = 1
             positions[i, width - n :] = torch.arange(j, j + n, device=self.device)
-        kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
+        kwargs: dict[str, Any] = {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "position_ids": positions,
+        }
         if j > 0:
             cache = copy.deepcopy(self.cache)
-            cache.crop(j)
+            # a negative crop removes that many positions (the form every version accepts)
+            cache.crop(j - cache.get_seq_length())
             cache.batch_repeat_interleave(k)
             kwargs["past_key_values"] = cache
             kwargs["use_cache"] = True

@@ -1,0 +1,404 @@
+"""Text features: which parts of a prompt are the features an LLM attribution credits.
+
+Every input here turns a presence vector (which features are kept) into the token ids of the
+perturbed prompt. Features are never special tokens (BOS, chat-template markers) unless asked.
+
+* :class:`TextTokenInput` — every token is a feature (Captum's); absent tokens become a baseline
+  token, so lengths never change.
+* :class:`TextTemplateInput` — a template whose filled-in values are the features (Captum's);
+  absent values become baseline strings, so the prompt is re-tokenized.
+* :class:`TextSpanInput` — any character spans of a text are the features, with the tokens they
+  cover replaced by a baseline token. :func:`words`, :func:`sentences` and :func:`chat_turns` build
+  it for the usual granularities (words from the tokenizer's offsets, sentences from punctuation,
+  the messages of a chat rendered with the tokenizer's chat template).
+
+Choosing baselines: the baseline is what "absent" means, and attributions are only as meaningful
+as that choice. Replacing a token by a neutral token of the same length (a pad, ``<unk>`` or a
+space token) keeps positions fixed and the prompt in distribution; an empty-string baseline
+deletes text and is often out of distribution (the model sees a broken sentence).
+``ProductBaselines`` averages over several plausible replacements (``num_trials``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import re
+import string
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "ProductBaselines",
+    "TextSpanInput",
+    "TextTemplateInput",
+    "TextTokenInput",
+    "chat_turns",
+    "sentences",
+    "words",
+]
+
+
+def _baseline_id(tokenizer: Any, baseline: int | str | None) -> int:
+    """One token id for a baseline given as an id, a one-token string, or None (pad / unk)."""
+    if baseline is None:
+        for name in ("pad_token_id", "unk_token_id", "eos_token_id"):
+            value = getattr(tokenizer, name, None)
+            if value is not None:
+                return int(value)
+        return 0
+    if isinstance(baseline, int):
+        return baseline
+    ids = tokenizer.encode(baseline, add_special_tokens=False)
+    if len(ids) != 1:
+        raise ValueError(
+            f"The baseline string {baseline!r} is {len(ids)} tokens for this tokenizer; a token "
+            "baseline must be exactly one token (it replaces one token, keeping positions). Use "
+            "a token id, a one-token string, or TextTemplateInput for replacement strings."
+        )
+    return int(ids[0])
+
+
+def _encode(tokenizer: Any, text: str, offsets: bool = False) -> dict[str, Any]:
+    if not text:
+        raise ValueError("The prompt is empty: there is nothing to attribute.")
+    enc = tokenizer(text, return_offsets_mapping=offsets, add_special_tokens=True)
+    return enc
+
+
+class _TokenFeatures:
+    """Shared machinery: token ids, a feature id per token (-1: not a feature), baselines."""
+
+    ids: Tensor
+    feature_of_token: Tensor
+    baseline_ids: Tensor
+    names: list[str]
+    tokenizer: Any
+
+    @property
+    def n_features(self) -> int:
+        return len(self.names)
+
+    @property
+    def n_itp_features(self) -> int:  # Captum's name
+        return self.n_features
+
+    @property
+    def values(self) -> list[str]:
+        return self.names
+
+    def to_tensor(self) -> Tensor:
+        """``(1, n_features)`` ones: every feature present (what attribution methods perturb)."""
+        return torch.ones(1, self.n_features)
+
+    def prompt_ids(self) -> Tensor:
+        return self.ids
+
+    def perturbed_ids(self, present: Tensor) -> list[Tensor]:
+        """Token ids of the prompt for each presence row ``(k, n_features)`` (nonzero: kept)."""
+        keep = present.to(torch.bool).cpu()
+        is_feature = self.feature_of_token >= 0
+        token_kept = torch.ones(keep.shape[0], self.ids.numel(), dtype=torch.bool)
+        token_kept[:, is_feature] = keep[:, self.feature_of_token[is_feature]]
+        rows = torch.where(token_kept, self.ids, self.baseline_ids)
+        return list(rows)
+
+    def format_tokens(self) -> list[str]:
+        return self.names
+
+
+class TextTokenInput(_TokenFeatures):
+    """Every token of ``text`` is a feature (Captum's ``TextTokenInput``).
+
+    Args:
+        text: the prompt.
+        tokenizer: a Hugging Face tokenizer.
+        baselines: the replacement token: an id, a one-token string, or None (the pad, else
+            unk, else eos token).
+        skip_tokens: tokens (ids or strings) that are never features. Special tokens added by the
+            tokenizer (BOS, ...) are skipped unless ``include_special_tokens``.
+        include_special_tokens: make special tokens features too.
+    """
+
+    def __init__(
+        self,
+        text: str,
+        tokenizer: Any,
+        baselines: int | str | None = None,
+        skip_tokens: Sequence[int | str] | None = None,
+        include_special_tokens: bool = False,
+    ) -> None:
+        self.text = text
+        self.tokenizer = tokenizer
+        enc = _encode(tokenizer, text)
+        self.ids = torch.tensor(enc["input_ids"], dtype=torch.long)
+        skip = set()
+        for s in skip_tokens or ():
+            skip.add(s if isinstance(s, int) else tokenizer.convert_tokens_to_ids(s))
+        if not include_special_tokens:
+            skip |= set(getattr(tokenizer, "all_special_ids", []) or [])
+        is_feature = torch.tensor([int(i) not in skip for i in self.ids.tolist()])
+        self.feature_of_token = torch.full_like(self.ids, -1)
+        self.feature_of_token[is_feature] = torch.arange(int(is_feature.sum()))
+        self.names = [
+            t for t, f in zip(tokenizer.convert_ids_to_tokens(self.ids.tolist()), is_feature) if f
+        ]
+        if not self.names:
+            raise ValueError("No token of the prompt is a feature (all were skipped).")
+        self.baseline_ids = torch.full_like(self.ids, _baseline_id(tokenizer, baselines))
+
+
+class TextSpanInput(_TokenFeatures):
+    """Character spans of ``text`` are the features; each covers the tokens that start inside it.
+
+    Args:
+        text: the prompt.
+        tokenizer: a fast Hugging Face tokenizer (for offsets).
+        spans: ``(start, end)`` character ranges, non-overlapping.
+        names: a name per span (default: the spans' text).
+        baselines: the replacement token (see :class:`TextTokenInput`).
+    """
+
+    def __init__(
+        self,
+        text: str,
+        tokenizer: Any,
+        spans: Sequence[tuple[int, int]],
+        names: Sequence[str] | None = None,
+        baselines: int | str | None = None,
+    ) -> None:
+        self.text = text
+        self.tokenizer = tokenizer
+        enc = _encode(tokenizer, text, offsets=True)
+        self.ids = torch.tensor(enc["input_ids"], dtype=torch.long)
+        offsets = enc["offset_mapping"]
+        special = set(getattr(tokenizer, "all_special_ids", []) or [])
+        ordered = sorted(range(len(spans)), key=lambda i: spans[i][0])
+        for a, b in itertools.pairwise(ordered):
+            if spans[a][1] > spans[b][0]:
+                raise ValueError(f"Spans {spans[a]} and {spans[b]} overlap; features must not.")
+        self.feature_of_token = torch.full_like(self.ids, -1)
+        for t, ((start, end), tid) in enumerate(zip(offsets, self.ids.tolist())):
+            if tid in special or end <= start:
+                continue
+            for f, (a, b) in enumerate(spans):
+                if a <= start < b:
+                    self.feature_of_token[t] = f
+                    break
+        covered = set(self.feature_of_token[self.feature_of_token >= 0].tolist())
+        empty = [i for i in range(len(spans)) if i not in covered]
+        if empty:
+            raise ValueError(
+                f"Span(s) {[tuple(spans[i]) for i in empty]} cover no token of the prompt."
+            )
+        self.names = list(names) if names is not None else [text[a:b] for a, b in spans]
+        if len(self.names) != len(spans):
+            raise ValueError(f"Got {len(self.names)} names for {len(spans)} spans.")
+        self.baseline_ids = torch.full_like(self.ids, _baseline_id(tokenizer, baselines))
+
+
+def words(text: str, tokenizer: Any, baselines: int | str | None = None) -> TextSpanInput:
+    """Words (runs of non-space characters) of ``text`` as features; a word's sub-word tokens
+    are perturbed together. Punctuation attached to a word belongs to it."""
+    spans = [m.span() for m in re.finditer(r"\S+", text)]
+    return TextSpanInput(text, tokenizer, spans, baselines=baselines)
+
+
+_SENTENCE = re.compile(r"[^.!?\n]+(?:[.!?]+|$)|\n+")
+
+
+def sentences(text: str, tokenizer: Any, baselines: int | str | None = None) -> TextSpanInput:
+    """Sentences of ``text`` (ending in ``.``, ``!`` or ``?``, or at a line break) as features."""
+    spans = []
+    for m in _SENTENCE.finditer(text):
+        chunk = m.group()
+        if not chunk.strip():
+            continue
+        lead = len(chunk) - len(chunk.lstrip())
+        spans.append((m.start() + lead, m.end() - (len(chunk) - len(chunk.rstrip()))))
+    return TextSpanInput(text, tokenizer, spans, baselines=baselines)
+
+
+def chat_turns(
+    messages: Sequence[Mapping[str, str]],
+    tokenizer: Any,
+    baselines: int | str | None = None,
+    add_generation_prompt: bool = True,
+) -> TextSpanInput:
+    """The messages of a chat as features, rendered with the tokenizer's chat template.
+
+    The template's own markup (role headers, separators) is never a feature; each message's
+    content is one, named ``"<role>: <start of content>"``.
+
+    Args:
+        messages: ``[{"role": "system" | "user" | "assistant", "content": ...}, ...]``.
+        tokenizer: a tokenizer with a ``chat_template``.
+        baselines: the replacement token.
+        add_generation_prompt: end with the assistant header, ready to generate the answer.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            "This tokenizer has no chat_template; set tokenizer.chat_template or use words() / "
+            "sentences() on plain text."
+        )
+    text = tokenizer.apply_chat_template(
+        list(messages), tokenize=False, add_generation_prompt=add_generation_prompt
+    )
+    spans, names, cursor = [], [], 0
+    for message in messages:
+        content = message["content"]
+        at = text.find(content, cursor)
+        if at < 0 or not content:
+            raise ValueError(f"Message {message!r} does not appear in the rendered chat.")
+        spans.append((at, at + len(content)))
+        short = content if len(content) <= 24 else content[:21] + "..."
+        names.append(f"{message['role']}: {short}")
+        cursor = at + len(content)
+    return TextSpanInput(text, tokenizer, spans, names, baselines)
+
+
+class ProductBaselines:
+    """Baselines drawn per feature from their own candidate lists (for ``num_trials``).
+
+    Args:
+        choices: per feature (by name for a dict, or position for a list) the candidate
+            replacement strings; each trial draws one per feature.
+        seed: seed of the draws.
+    """
+
+    def __init__(
+        self, choices: Mapping[str, Sequence[str]] | Sequence[Sequence[str]], seed: int = 0
+    ) -> None:
+        self.choices = choices
+        self.rng = random.Random(seed)
+
+    def sample(self) -> dict[str, str] | list[str]:
+        """One draw: a replacement per feature."""
+        if isinstance(self.choices, Mapping):
+            return {k: self.rng.choice(list(v)) for k, v in self.choices.items()}
+        return [self.rng.choice(list(v)) for v in self.choices]
+
+
+class TextTemplateInput:
+    """A template whose filled-in values are the features (Captum's ``TextTemplateInput``).
+
+    Args:
+        template: a ``str.format`` template (``"{} lives in {}"`` or ``"{name} lives in {city}"``)
+            or a callable building the prompt from the values.
+        values: the values (a list for positional, a dict for named fields).
+        baselines: replacement strings for absent values: one string for all, one per value
+            (list or dict), a :class:`ProductBaselines`, or None (the empty string — often out of
+            distribution, see the module docstring).
+        mask: groups values into features: one feature id per value (ids ``0..n-1``).
+        tokenizer: set by :class:`~llmattr.LLMAttribution` (the prompt is re-tokenized).
+    """
+
+    def __init__(
+        self,
+        template: str | Callable[..., str],
+        values: Sequence[str] | Mapping[str, str],
+        baselines: str | Sequence[str] | Mapping[str, str] | ProductBaselines | None = None,
+        mask: Sequence[int] | Tensor | None = None,
+    ) -> None:
+        self.template = template
+        self.named = isinstance(values, Mapping)
+        self.keys = list(values.keys()) if isinstance(values, Mapping) else list(range(len(values)))
+        self.value_list = list(values.values()) if isinstance(values, Mapping) else list(values)
+        self.baselines = baselines
+        if isinstance(template, str):
+            fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+            expected = len(self.value_list)
+            if self.named:
+                missing = [f for f in fields if f not in self.keys]
+                if missing:
+                    raise ValueError(f"The template's fields {missing} have no value.")
+            elif len(fields) != expected or any(
+                f not in ("", str(i)) for i, f in enumerate(fields)
+            ):
+                raise ValueError(
+                    f"The template has {len(fields)} fields but {expected} values were given; "
+                    "every '{}' needs exactly one value."
+                )
+        n = len(self.value_list)
+        ids = (
+            list(range(n)) if mask is None else [int(m) for m in torch.as_tensor(mask).reshape(-1)]
+        )
+        if len(ids) != n or sorted(set(ids)) != list(range(max(ids) + 1 if ids else 0)):
+            raise ValueError(
+                f"mask must give each of the {n} values a feature id, ids 0..k-1 with none missing."
+            )
+        self.mask = ids
+        self.names = [
+            " ".join(self.value_list[i] for i in range(n) if ids[i] == f)
+            for f in range(max(ids) + 1)
+        ]
+        self.tokenizer: Any = None
+        self._drawn: list[str] | None = None
+
+    @property
+    def n_features(self) -> int:
+        return len(self.names)
+
+    @property
+    def values(self) -> list[str]:
+        return self.names
+
+    def to_tensor(self) -> Tensor:
+        return torch.ones(1, self.n_features)
+
+    def format_tokens(self) -> list[str]:
+        return self.names
+
+    def new_trial(self) -> None:
+        """Draw fresh baselines when they are a :class:`ProductBaselines`."""
+        if isinstance(self.baselines, ProductBaselines):
+            drawn = self.baselines.sample()
+            self._drawn = [drawn[k] for k in self.keys] if isinstance(drawn, dict) else list(drawn)
+
+    def _baseline_values(self) -> list[str]:
+        b = self.baselines
+        if self._drawn is not None:
+            return self._drawn
+        if b is None or isinstance(b, str):
+            return [b or ""] * len(self.value_list)
+        if isinstance(b, Mapping):
+            return [b.get(k, "") for k in self.keys]  # type: ignore[call-overload]
+        if isinstance(b, ProductBaselines):
+            self.new_trial()
+            assert self._drawn is not None
+            return self._drawn
+        if len(b) != len(self.value_list):
+            raise ValueError(f"Got {len(b)} baselines for {len(self.value_list)} values.")
+        return list(b)
+
+    def text_for(self, keep: Sequence[bool]) -> str:
+        """The prompt with the features in ``keep`` present and the others at their baselines."""
+        base = self._baseline_values()
+        filled = [v if keep[self.mask[i]] else base[i] for i, v in enumerate(self.value_list)]
+        if callable(self.template):
+            return (
+                self.template(*filled)
+                if not self.named
+                else self.template(**dict(zip(self.keys, filled)))
+            )
+        if self.named:
+            return self.template.format(**dict(zip(self.keys, filled)))  # type: ignore[arg-type]
+        return self.template.format(*filled)
+
+    def _tokens(self, text: str) -> Tensor:
+        if self.tokenizer is None:
+            raise RuntimeError("TextTemplateInput needs a tokenizer (LLMAttribution sets it).")
+        if not text:
+            raise ValueError("A perturbed prompt is empty; choose non-empty baselines.")
+        return torch.tensor(
+            self.tokenizer(text, add_special_tokens=True)["input_ids"], dtype=torch.long
+        )
+
+    def prompt_ids(self) -> Tensor:
+        return self._tokens(self.text_for([True] * self.n_features))
+
+    def perturbed_ids(self, present: Tensor) -> list[Tensor]:
+        return [self._tokens(self.text_for(row.tolist())) for row in present.to(torch.bool).cpu()]
