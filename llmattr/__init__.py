@@ -1,11 +1,14 @@
 """llmattr: explain what models do — Captum's API, provably right answers, faster.
 
 The public API is flat: ``from llmattr import IntegratedGradients`` works like
-``from captum.attr import IntegratedGradients``.
+``from captum.attr import IntegratedGradients``, and ``from llmattr import LLMAttribution`` like
+``from captum.attr import LLMAttribution``.
 """
 
 from .attr import *  # noqa: F403
 from .attr import __all__ as _attr_all
+from .text import *  # noqa: F403
+from .text import __all__ as _text_all
 
 __version__ = "0.1.0"
-__all__ = [*_attr_all, "__version__"]
+__all__ = sorted({*_attr_all, *_text_all, "__version__"})

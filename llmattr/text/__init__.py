@@ -1,1 +1,40 @@
-"""Text: token and segment features, baselines, embeddings and LLM attribution."""
+"""Text: prompt features, baselines, embeddings, the scorer, and LLM attribution."""
+
+from .embeddings import (
+    InterpretableEmbedding,
+    InterpretableEmbeddingBase,
+    TokenReferenceBase,
+    configure_interpretable_embedding_layer,
+    remove_interpretable_embedding_layer,
+)
+from .inputs import (
+    ProductBaselines,
+    TextSpanInput,
+    TextTemplateInput,
+    TextTokenInput,
+    chat_turns,
+    sentences,
+    words,
+)
+from .llm_attr import LLMAttribution, LLMGradientAttribution
+from .result import LLMAttributionResult
+from .scorer import Scorer
+
+__all__ = [
+    "InterpretableEmbedding",
+    "InterpretableEmbeddingBase",
+    "LLMAttribution",
+    "LLMAttributionResult",
+    "LLMGradientAttribution",
+    "ProductBaselines",
+    "Scorer",
+    "TextSpanInput",
+    "TextTemplateInput",
+    "TextTokenInput",
+    "TokenReferenceBase",
+    "chat_turns",
+    "configure_interpretable_embedding_layer",
+    "remove_interpretable_embedding_layer",
+    "sentences",
+    "words",
+]

