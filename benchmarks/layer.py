@@ -28,9 +28,22 @@ Where the libraries differ by design:
   nodes that does not reach the ends. The values differ, so the table reports each library's
   convergence delta ``max |sum(conductance) - (f(x) - f(baselines))|`` next to the difference.
 
+Allocator: on Linux, glibc's malloc returns blocks above a *dynamic* threshold (the largest block
+freed so far, at most 32 MiB) to the system, so every large tensor allocated afterwards costs page
+faults on first touch. Both libraries run in one process, so each one's allocations move the
+threshold for the other: the library whose per-chunk tensors are slightly larger pays the faults.
+For a comparison of compute alone, fix the threshold (the results otherwise keep their meaning)::
+
+    MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=4294967296 python benchmarks/layer.py
+
+The machine must also be otherwise idle (the header and footer print the load average). With 2
+threads on 2 cores, another busy process makes every OpenMP region wait for a descheduled thread,
+so each small op costs milliseconds and the library that issues more ops looks far slower (Captum
+builds the path with ~150 small per-step ops: 2.5 s instead of 0.3 s for the first case).
+
 Usage::
 
-    python benchmarks/layer.py              # full run (about 1-2 min on 2 cores)
+    python benchmarks/layer.py              # full run (about 2.5 min on 2 idle cores)
     python benchmarks/layer.py --quick      # fewer repetitions, for a smoke test
     python benchmarks/layer.py --filter minilm --threads 4 --repeat 9
 
@@ -42,6 +55,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import statistics
 import sys
 import time
@@ -260,9 +274,12 @@ def build_cases(captum_attr: Any, llmattr: Any, only: str | None) -> tuple[list[
     # 1. LayerIntegratedGradients on the CNN's middle conv
     lig_cnn = dict(inputs=x_cnn, target=y_cnn, n_steps=50)
     add("LIG CNN conv2 b8 s50", "LayerIntegratedGradients", cnn, cnn.conv2, same, **lig_cnn)
+    # 96 = 12 steps x 8 examples: Captum rounds internal_batch_size down to whole steps, so a
+    # multiple of the batch gives both libraries the same chunks (with 100, llmattr's 100-row
+    # chunks are 4% larger than Captum's 96-row ones; see "Allocator" in the module docstring)
     add(
-        "LIG CNN conv2 b8 s50 ibs100", "LayerIntegratedGradients", cnn, cnn.conv2, same,
-        internal_batch_size=100, **lig_cnn,
+        "LIG CNN conv2 b8 s50 ibs96", "LayerIntegratedGradients", cnn, cnn.conv2, same,
+        internal_batch_size=96, **lig_cnn,
     )  # fmt: skip
     add(
         "LIG CNN conv2 b8 s50 +delta", "LayerIntegratedGradients", cnn, cnn.conv2, same,
@@ -364,6 +381,14 @@ def time_case(case: Case, warmup: int, repeat: int) -> tuple[float, float, Any, 
     )
 
 
+def _load() -> str:
+    """The 1-minute load average, or "n/a" where the platform has none."""
+    try:
+        return f"{os.getloadavg()[0]:.2f}"
+    except (AttributeError, OSError):
+        return "n/a"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
@@ -392,7 +417,8 @@ def main(argv: list[str] | None = None) -> None:
 
     print(
         f"torch {torch.__version__}, captum {captum.__version__}, llmattr {llmattr.__version__}; "
-        f"{torch.get_num_threads()} threads; median of {repeat} runs after {warmup} warm-up"
+        f"{torch.get_num_threads()} threads; median of {repeat} runs after {warmup} warm-up; "
+        f"load average {_load()}"
     )
     print()
     total = time.perf_counter()
@@ -415,7 +441,8 @@ def main(argv: list[str] | None = None) -> None:
         'per-layer attributions (compared on the last layer only); "per layer": Captum called '
         "once per layer. LayerConductance values differ by design (trapezoid on the partition "
         "vs left sum); the gap columns are each library's completeness error. "
-        f"Total {time.perf_counter() - total:.0f} s."
+        f"Total {time.perf_counter() - total:.0f} s; load average now {_load()} (another busy "
+        "process makes every small op wait on a descheduled thread: trust quiet runs only)."
     )
 
 

@@ -129,6 +129,7 @@ class FeatureMasks:
         out = []
         for m in self.masks:
             flat = m.reshape(m.shape[0], -1)
+            credits = credits.to(m.device)
             if m.shape[0] == 1:
                 values = credits[:, :, flat[0]]
             else:

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from .hooks import registered
 from .targets import Target
 
-__all__ = ["LayerCut", "NeuronSelector", "neuron_function", "select_neuron"]
+__all__ = ["LayerCut", "NeuronSelector", "neuron_function", "neuron_index", "select_neuron"]
 
 NeuronSelector = int | tuple[int | slice, ...] | Callable[[Any], Tensor]
 
@@ -137,11 +137,20 @@ class LayerCut:
     def _check_ran(self, ran: Any) -> None:
         missing = [m for i, m in enumerate(self.layers) if i not in ran]
         if missing:
+            names = ", ".join(self._describe(m) for m in missing)
             raise RuntimeError(
-                f"Layer(s) {', '.join(type(m).__name__ for m in missing)} never ran in the forward "
+                f"Layer(s) {names} never ran in the forward "
                 "pass, so there is nothing to attribute to: check that the layer belongs to the "
                 f"path the inputs take.{self._weight_sharers(missing)}"
             )
+
+    def _describe(self, module: nn.Module) -> str:
+        """``Linear ('encoder.proj')``: the type and, when the model is a module, the name."""
+        if isinstance(self.forward_func, nn.Module):
+            for name, m in self.forward_func.named_modules():
+                if m is module:
+                    return f"{type(module).__name__} ('{name or '<model>'}')"
+        return type(module).__name__
 
     def _weight_sharers(self, missing: list[nn.Module]) -> str:
         """Name modules that share a missing layer's weights (e.g. T5's ``shared`` embedding,
@@ -248,6 +257,16 @@ class LayerCut:
         return g
 
 
+def neuron_index(selector: int | tuple[int | slice, ...]) -> tuple[Any, ...]:
+    """The indices after the batch dimension that an int or tuple selector names."""
+    if isinstance(selector, bool) or not isinstance(selector, int | tuple | list):
+        raise TypeError(
+            "neuron_selector must be an int, a tuple of ints/slices or a callable, got "
+            f"{selector!r}."
+        )
+    return (selector,) if isinstance(selector, int) else tuple(selector)
+
+
 def select_neuron(activation: tuple[Tensor, ...], selector: NeuronSelector) -> Tensor:
     """One value per example from a layer's activation.
 
@@ -273,7 +292,7 @@ def select_neuron(activation: tuple[Tensor, ...], selector: NeuronSelector) -> T
             )
         return value
     act = activation[0]
-    index = (selector,) if isinstance(selector, int) else tuple(selector)
+    index = neuron_index(selector)
     if len(index) != act.dim() - 1:
         raise ValueError(
             f"neuron_selector {selector!r} has {len(index)} index(es) but the layer's activation "
@@ -281,13 +300,13 @@ def select_neuron(activation: tuple[Tensor, ...], selector: NeuronSelector) -> T
             f"({act.dim() - 1})."
         )
     for i, (ix, size) in enumerate(zip(index, act.shape[1:])):
+        if isinstance(ix, bool) or not isinstance(ix, int | slice):
+            raise TypeError(f"neuron_selector entries must be ints or slices, got {ix!r}.")
         if isinstance(ix, int) and not -size <= ix < size:
             raise IndexError(
                 f"neuron_selector index {ix} at dimension {i + 1} is out of range for the "
                 f"activation of shape {tuple(act.shape)}."
             )
-        if not isinstance(ix, int | slice):
-            raise TypeError(f"neuron_selector entries must be ints or slices, got {ix!r}.")
     picked = act[tuple([slice(None), *index])]
     return picked.reshape(act.shape[0], -1).sum(1)
 

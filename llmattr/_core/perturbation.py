@@ -82,6 +82,7 @@ class PerturbationRun:
         self.forward_count = 0
         with torch.no_grad():
             output = self._forward(call.inputs, call.target, call.args)
+        self.output_dtype = output.dtype
         batch = call.batch
         self.out_shape: tuple[int, ...] = ()
         self.aggregate = False
@@ -198,7 +199,8 @@ class PerturbationRun:
         """
         dtype = self._dtype()
         return tuple(
-            a.reshape(self.rows, *self.out_shape, *a.shape[2:]).to(dtype) for a in per_element
+            a.reshape(self.rows, *self.out_shape, *a.shape[2:]).to(device=x.device, dtype=dtype)
+            for a, x in zip(per_element, self.call.inputs)
         )
 
     def feature_attributions(self, credits: Tensor, masks: FeatureMasks) -> tuple[Tensor, ...]:
@@ -206,5 +208,8 @@ class PerturbationRun:
         return self.attributions(masks.spread(credits))
 
     def _dtype(self) -> torch.dtype:
+        """The output's floating dtype (else the first floating input's, else torch's default)."""
+        if self.output_dtype.is_floating_point:
+            return self.output_dtype
         floats = [x.dtype for x in self.call.inputs if x.is_floating_point()]
         return floats[0] if floats else torch.get_default_dtype()

@@ -203,7 +203,8 @@ class Occlusion(PerturbationAttribution):
 
     Each element's attribution is the mean drop over the windows that cover it. Windows start
     every ``strides`` along each dimension; the last one is clipped at the edge, so every element
-    is covered.
+    is covered when no stride exceeds its window (elements that fall between windows because a
+    stride is longer than the window get 0).
 
     Args:
         forward_func: the model or forward function.
@@ -230,7 +231,8 @@ class Occlusion(PerturbationAttribution):
             sliding_window_shapes: the window over ``input.shape[1:]`` (a tuple of ints), or one
                 such tuple per input.
             strides: the step of the window: an int for every dimension, a tuple with one per
-                dimension, or one of those per input (default 1).
+                dimension, or one of those per input (default 1); for several inputs a tuple of
+                ints has one int per input, as in Captum.
             baselines: replacement values, as for :class:`FeatureAblation`.
             target: which output to explain.
             additional_forward_args: extra forward arguments.
@@ -280,7 +282,10 @@ class Occlusion(PerturbationAttribution):
                 counts[j] += flat.sum(0).reshape(counts[j].shape)
 
         run.evaluate(offsets[-1], build, fold)
-        return call.result(run.attributions(tuple(s / c for s, c in zip(sums, counts))))
+        # elements no window covers (only when a stride exceeds the window) get 0, not 0 / 0
+        return call.result(
+            run.attributions(tuple(s / c.clamp(min=1) for s, c in zip(sums, counts)))
+        )
 
 
 class _WindowGrid:
@@ -293,6 +298,7 @@ class _WindowGrid:
         for size, w, s in zip(shape, window, stride):
             n = math.ceil(max(size - w, 0) / s) + 1
             starts = torch.arange(n) * s
+            starts = starts[starts < size]  # a stride longer than the window can overshoot
             idx = torch.arange(size)
             self.per_dim.append((idx >= starts[:, None]) & (idx < starts[:, None] + w))
         self.counts = [r.shape[0] for r in self.per_dim]
@@ -317,11 +323,11 @@ def _per_input(value: Any, n_inputs: int, name: str, scalar_ok: bool) -> tuple[A
         return (value,) * n_inputs
     entries = as_tuple(value)
     if entries and all(isinstance(e, int) for e in entries):
-        if n_inputs > 1:
-            raise ValueError(
-                f"{name} is one tuple of ints for {n_inputs} inputs; pass one per input."
-            )
-        return (tuple(entries),)
+        if n_inputs == 1:
+            return (tuple(entries),)
+        if scalar_ok and len(entries) == n_inputs:  # one int per input, as in Captum
+            return tuple(entries)
+        raise ValueError(f"{name} is one tuple of ints for {n_inputs} inputs; pass one per input.")
     if len(entries) != n_inputs:
         raise ValueError(f"Got {len(entries)} {name} for {n_inputs} inputs; pass one per input.")
     return tuple(entries)

@@ -22,7 +22,14 @@ from .._core.batching import ChunkSize
 from .._core.call import Call
 from .._core.forward import accumulate_gradients, gradients
 from .._core.inputs import BaselineType, TensorOrTuple, format_baselines
-from .._core.layers import LayerCut, NeuronSelector, check_layers, neuron_function
+from .._core.layers import (
+    LayerCut,
+    NeuronSelector,
+    check_layers,
+    neuron_function,
+    neuron_index,
+    select_neuron,
+)
 from .._core.targets import Target, TargetType
 from .ablation import FeatureAblation
 from .backprop import Deconvolution, GuidedBackprop
@@ -309,7 +316,7 @@ class NeuronConductance(_Neuron):
         alphas, weights = step_rule(method, n_steps)
         path = _InputPath(call, bases, alphas)
         cut = LayerCut(self.forward_func, [self.layer], attribute_to_neuron_input)  # type: ignore[list-item]
-        index = (neuron_selector,) if isinstance(neuron_selector, int) else tuple(neuron_selector)
+        index = neuron_index(neuron_selector)
 
         def grad_fn(
             points: tuple[Tensor, ...], tgt: Target, args: tuple[Any, ...]
@@ -318,6 +325,7 @@ class NeuronConductance(_Neuron):
                 leaves = tuple(p.detach().requires_grad_() for p in points)
                 (acts,), output = cut.activations(leaves, args, stop_early=False, grad=True)
                 act = acts[0]
+                select_neuron(acts, neuron_selector)  # validates the selector before any backward
                 selected = tgt.select(output, act.shape[0])
                 (d_out,) = torch.autograd.grad(selected.sum(), act, retain_graph=True)
                 keep = torch.zeros_like(act)

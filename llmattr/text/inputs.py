@@ -62,11 +62,45 @@ def _baseline_id(tokenizer: Any, baseline: int | str | None) -> int:
     return int(ids[0])
 
 
-def _encode(tokenizer: Any, text: str, offsets: bool = False) -> dict[str, Any]:
+def _encode(
+    tokenizer: Any, text: str, offsets: bool = False, add_special_tokens: bool = True
+) -> dict[str, Any]:
     if not text:
         raise ValueError("The prompt is empty: there is nothing to attribute.")
-    enc = tokenizer(text, return_offsets_mapping=offsets, add_special_tokens=True)
+    enc = tokenizer(
+        text,
+        return_offsets_mapping=offsets,
+        return_special_tokens_mask=True,
+        add_special_tokens=add_special_tokens,
+    )
     return enc
+
+
+def _skip_token_id(tokenizer: Any, token: int | str) -> int:
+    """The id of a token to skip, given as an id or as a token string of the vocabulary."""
+    if isinstance(token, int):
+        return token
+    tid = tokenizer.convert_tokens_to_ids(token)
+    unk = getattr(tokenizer, "unk_token", None)
+    if tid is None or (tid == getattr(tokenizer, "unk_token_id", None) and token != unk):
+        raise ValueError(
+            f"skip token {token!r} is not a token of the tokenizer's vocabulary; give a token "
+            "id or a token string as the tokenizer spells it (see tokenizer.tokenize)."
+        )
+    return int(tid)
+
+
+def _presence_rows(present: Tensor, n_features: int) -> Tensor:
+    """Presence as a ``(k, n_features)`` bool tensor (a single row may be given 1-D)."""
+    keep = torch.as_tensor(present).to(torch.bool).cpu()
+    if keep.dim() == 1:
+        keep = keep.unsqueeze(0)
+    if keep.dim() != 2 or keep.shape[1] != n_features:
+        raise ValueError(
+            f"presence must have shape (k, {n_features}) (one column per feature); got "
+            f"{tuple(present.shape)}."
+        )
+    return keep
 
 
 class _TokenFeatures:
@@ -99,7 +133,7 @@ class _TokenFeatures:
 
     def perturbed_ids(self, present: Tensor) -> list[Tensor]:
         """Token ids of the prompt for each presence row ``(k, n_features)`` (nonzero: kept)."""
-        keep = present.to(torch.bool).cpu()
+        keep = _presence_rows(present, self.n_features)
         is_feature = self.feature_of_token >= 0
         token_kept = torch.ones(keep.shape[0], self.ids.numel(), dtype=torch.bool)
         token_kept[:, is_feature] = keep[:, self.feature_of_token[is_feature]]
@@ -135,12 +169,20 @@ class TextTokenInput(_TokenFeatures):
         self.tokenizer = tokenizer
         enc = _encode(tokenizer, text)
         self.ids = torch.tensor(enc["input_ids"], dtype=torch.long)
-        skip = set()
-        for s in skip_tokens or ():
-            skip.add(s if isinstance(s, int) else tokenizer.convert_tokens_to_ids(s))
+        skip = {_skip_token_id(tokenizer, s) for s in skip_tokens or ()}
+        added = [bool(m) for m in enc["special_tokens_mask"]]
         if not include_special_tokens:
-            skip |= set(getattr(tokenizer, "all_special_ids", []) or [])
-        is_feature = torch.tensor([int(i) not in skip for i in self.ids.tolist()])
+            # Special tokens (BOS, chat markers) are not features; an unknown-token id stands
+            # for real text (an emoji, a rare character) and stays one.
+            special = set(getattr(tokenizer, "all_special_ids", []) or [])
+            special.discard(getattr(tokenizer, "unk_token_id", None))
+            skip |= special
+        else:
+            added = [False] * len(added)
+        is_feature = torch.tensor(
+            [int(i) not in skip and not a for i, a in zip(self.ids.tolist(), added)],
+            dtype=torch.bool,
+        )
         self.feature_of_token = torch.full_like(self.ids, -1)
         self.feature_of_token[is_feature] = torch.arange(int(is_feature.sum()))
         self.names = [
@@ -160,6 +202,8 @@ class TextSpanInput(_TokenFeatures):
         spans: ``(start, end)`` character ranges, non-overlapping.
         names: a name per span (default: the spans' text).
         baselines: the replacement token (see :class:`TextTokenInput`).
+        add_special_tokens: let the tokenizer add its special tokens (BOS, ...); they are never
+            features. False for text that already has them (a rendered chat template).
     """
 
     def __init__(
@@ -169,20 +213,26 @@ class TextSpanInput(_TokenFeatures):
         spans: Sequence[tuple[int, int]],
         names: Sequence[str] | None = None,
         baselines: int | str | None = None,
+        add_special_tokens: bool = True,
     ) -> None:
         self.text = text
         self.tokenizer = tokenizer
-        enc = _encode(tokenizer, text, offsets=True)
+        spans = [(int(a), int(b)) for a, b in spans]
+        enc = _encode(tokenizer, text, offsets=True, add_special_tokens=add_special_tokens)
+        if not spans:
+            raise ValueError("No spans were given: the prompt has no features.")
         self.ids = torch.tensor(enc["input_ids"], dtype=torch.long)
         offsets = enc["offset_mapping"]
-        special = set(getattr(tokenizer, "all_special_ids", []) or [])
+        added = enc["special_tokens_mask"]
         ordered = sorted(range(len(spans)), key=lambda i: spans[i][0])
         for a, b in itertools.pairwise(ordered):
             if spans[a][1] > spans[b][0]:
                 raise ValueError(f"Spans {spans[a]} and {spans[b]} overlap; features must not.")
         self.feature_of_token = torch.full_like(self.ids, -1)
-        for t, ((start, end), tid) in enumerate(zip(offsets, self.ids.tolist())):
-            if tid in special or end <= start:
+        for t, ((start, end), is_added) in enumerate(zip(offsets, added)):
+            # Tokens the tokenizer added (BOS, CLS, ...) cover no text and are never features;
+            # an unknown-token id covering a character of a span is part of it.
+            if is_added or end <= start:
                 continue
             for f, (a, b) in enumerate(spans):
                 if a <= start < b:
@@ -207,7 +257,7 @@ def words(text: str, tokenizer: Any, baselines: int | str | None = None) -> Text
     return TextSpanInput(text, tokenizer, spans, baselines=baselines)
 
 
-_SENTENCE = re.compile(r"[^.!?\n]+(?:[.!?]+|$)|\n+")
+_SENTENCE = re.compile(r"[^.!?\n]+(?:[.!?]+|(?=\n)|$)|\n+")
 
 
 def sentences(text: str, tokenizer: Any, baselines: int | str | None = None) -> TextSpanInput:
@@ -244,20 +294,54 @@ def chat_turns(
             "This tokenizer has no chat_template; set tokenizer.chat_template or use words() / "
             "sentences() on plain text."
         )
-    text = tokenizer.apply_chat_template(
-        list(messages), tokenize=False, add_generation_prompt=add_generation_prompt
-    )
-    spans, names, cursor = [], [], 0
+    messages = [dict(m) for m in messages]
+    if not messages:
+        raise ValueError("No messages: the chat has no features.")
+    for message in messages:
+        if not message.get("content"):
+            raise ValueError(f"Message {message!r} has no content to attribute.")
+
+    def render(msgs: list[dict[str, Any]]) -> str:
+        return tokenizer.apply_chat_template(
+            msgs, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+
+    text = render(messages)
+    # Locate each message by rendering the chat with unique markers in place of the contents:
+    # a content that also occurs in the template's markup (a role name, a separator) is then
+    # never mistaken for it.
+    markers = [f"\ue000{i}\ue001" for i in range(len(messages))]
+    marked = render([{**m, "content": k} for m, k in zip(messages, markers)])
+    spans: list[tuple[int, int]] = []
+    rebuilt, cursor = [], 0
+    for marker, message in zip(markers, messages):
+        at = marked.find(marker, cursor)
+        if at < 0:
+            break
+        rebuilt.append(marked[cursor:at])
+        start = sum(map(len, rebuilt))
+        rebuilt.append(message["content"])
+        spans.append((start, start + len(message["content"])))
+        cursor = at + len(marker)
+    rebuilt.append(marked[cursor:])
+    if len(spans) != len(messages) or "".join(rebuilt) != text:
+        # The template transforms contents (strips them, ...): find them in order instead.
+        spans, cursor = [], 0
+        for message in messages:
+            content = message["content"]
+            at = text.find(content, cursor)
+            if at < 0:
+                raise ValueError(f"Message {message!r} does not appear in the rendered chat.")
+            spans.append((at, at + len(content)))
+            cursor = at + len(content)
+    names = []
     for message in messages:
         content = message["content"]
-        at = text.find(content, cursor)
-        if at < 0 or not content:
-            raise ValueError(f"Message {message!r} does not appear in the rendered chat.")
-        spans.append((at, at + len(content)))
         short = content if len(content) <= 24 else content[:21] + "..."
         names.append(f"{message['role']}: {short}")
-        cursor = at + len(content)
-    return TextSpanInput(text, tokenizer, spans, names, baselines)
+    # The template writes the model's special tokens (BOS, ...) itself, as
+    # ``apply_chat_template(tokenize=True)`` assumes: the tokenizer must not add them again.
+    return TextSpanInput(text, tokenizer, spans, names, baselines, add_special_tokens=False)
 
 
 class ProductBaselines:
@@ -323,10 +407,18 @@ class TextTemplateInput:
                     "every '{}' needs exactly one value."
                 )
         n = len(self.value_list)
+        if n == 0:
+            raise ValueError("No values were given: the template has no features.")
+        if (
+            baselines is not None
+            and not isinstance(baselines, str | Mapping | ProductBaselines)
+            and len(baselines) != n
+        ):
+            raise ValueError(f"Got {len(baselines)} baselines for {n} values.")
         ids = (
             list(range(n)) if mask is None else [int(m) for m in torch.as_tensor(mask).reshape(-1)]
         )
-        if len(ids) != n or sorted(set(ids)) != list(range(max(ids) + 1 if ids else 0)):
+        if len(ids) != n or sorted(set(ids)) != list(range(max(ids) + 1)):
             raise ValueError(
                 f"mask must give each of the {n} values a feature id, ids 0..k-1 with none missing."
             )
@@ -356,7 +448,18 @@ class TextTemplateInput:
         """Draw fresh baselines when they are a :class:`ProductBaselines`."""
         if isinstance(self.baselines, ProductBaselines):
             drawn = self.baselines.sample()
-            self._drawn = [drawn[k] for k in self.keys] if isinstance(drawn, dict) else list(drawn)
+            if isinstance(drawn, dict):
+                missing = [k for k in self.keys if k not in drawn]
+                if missing:
+                    raise ValueError(f"ProductBaselines has no choices for the values {missing}.")
+                self._drawn = [drawn[k] for k in self.keys]
+            else:
+                if len(drawn) != len(self.value_list):
+                    raise ValueError(
+                        f"ProductBaselines has choices for {len(drawn)} values; the template "
+                        f"has {len(self.value_list)}."
+                    )
+                self._drawn = list(drawn)
 
     def _baseline_values(self) -> list[str]:
         b = self.baselines
@@ -376,6 +479,9 @@ class TextTemplateInput:
 
     def text_for(self, keep: Sequence[bool]) -> str:
         """The prompt with the features in ``keep`` present and the others at their baselines."""
+        keep = list(keep)
+        if len(keep) != self.n_features:
+            raise ValueError(f"keep has {len(keep)} entries for {self.n_features} features.")
         base = self._baseline_values()
         filled = [v if keep[self.mask[i]] else base[i] for i, v in enumerate(self.value_list)]
         if callable(self.template):
@@ -401,4 +507,5 @@ class TextTemplateInput:
         return self._tokens(self.text_for([True] * self.n_features))
 
     def perturbed_ids(self, present: Tensor) -> list[Tensor]:
-        return [self._tokens(self.text_for(row.tolist())) for row in present.to(torch.bool).cpu()]
+        rows = _presence_rows(present, self.n_features)
+        return [self._tokens(self.text_for(row.tolist())) for row in rows]

@@ -38,6 +38,8 @@ __all__ = ["LLMAttribution", "LLMGradientAttribution"]
 TextInput = _TokenFeatures | TextTemplateInput
 _PERTURBATION = (FeatureAblation, ShapleyValueSampling, ShapleyValues, Lime, KernelShap)
 _GRADIENT = (LayerIntegratedGradients, LayerGradientXActivation, LayerGradientShap)
+# arguments of the wrapped method that LLMAttribution sets itself
+_SET_BY_US = frozenset({"target", "baselines", "feature_mask", "additional_forward_args"})
 
 
 def _pad_id(tokenizer: Any) -> int:
@@ -92,7 +94,7 @@ def _check_kwargs(method: Any, kwargs: dict[str, Any], ours: set[str]) -> None:
     if unknown:
         raise TypeError(
             f"{type(method).__name__} does not accept {unknown}; it takes "
-            f"{sorted(accepted - {'target', 'baselines', 'additional_forward_args'})}."
+            f"{sorted(accepted - _SET_BY_US)}."
         )
 
 
@@ -159,7 +161,7 @@ class LLMAttribution(Attribution):
                 for i in inp
             ]
         _check_kwargs(self.attr_method, kwargs, set())
-        for bad in ("target", "baselines", "feature_mask", "additional_forward_args"):
+        for bad in sorted(_SET_BY_US):
             if bad in kwargs:
                 raise TypeError(f"{bad} is set by LLMAttribution; do not pass it.")
         if isinstance(inp, TextTemplateInput):
@@ -212,6 +214,8 @@ class LLMGradientAttribution(Attribution):
     The method works in the embedding space: the prompt's embeddings move from the baseline's
     (the baseline token at every feature position) to the prompt's; target tokens stay fixed.
     Every evaluation point runs one forward for all target tokens, then one backward each.
+    It supports decoder-only models (an encoder-decoder shares its embedding between its two
+    halves: use :class:`LLMAttribution` for those). A float64 model gets float64 attributions.
 
     Args:
         attr_method: LayerIntegratedGradients, LayerGradientXActivation or LayerGradientShap on
@@ -228,6 +232,12 @@ class LLMGradientAttribution(Attribution):
         model = attr_method.forward_func
         if not isinstance(model, nn.Module) or not hasattr(model, "get_input_embeddings"):
             raise TypeError("The attribution method must be built on a transformers model.")
+        if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
+            raise ValueError(
+                "LLMGradientAttribution supports decoder-only models (the encoder and decoder of "
+                f"{type(model).__name__} share its input embedding); use LLMAttribution with a "
+                "perturbation method for encoder-decoder models."
+            )
         embedding = model.get_input_embeddings()
         layer = attr_method.layer  # type: ignore[attr-defined]
         if layer is not embedding:
@@ -294,9 +304,10 @@ class LLMGradientAttribution(Attribution):
         base_ids[0, fixed.to(device)] = ids[0, fixed.to(device)]
         per_token = self._embedding_attributions(ids, base_ids, target_ids.to(device), kwargs)
         L = prompt.numel()
-        scores = per_token[:, :L].sum(-1).float().cpu()  # (K, L): summed over the embedding
+        # (K, L): summed over the embedding; float64 models keep their precision
+        scores = per_token[:, :L].sum(-1).cpu()
         feature = inp.feature_of_token
-        token_attr = torch.zeros(target_ids.numel(), inp.n_features)
+        token_attr = torch.zeros(target_ids.numel(), inp.n_features, dtype=scores.dtype)
         token_attr.index_add_(1, feature[feature >= 0], scores[:, feature >= 0])
         scorer = Scorer(self.model, prompt, target_ids, _pad_id(self.tokenizer), reuse_prefix=False)
         return LLMAttributionResult(
@@ -342,8 +353,10 @@ class LLMGradientAttribution(Attribution):
         def grab(module: nn.Module, args: tuple[Any, ...]) -> None:
             captured["h"] = args[0]
 
+        acc = torch.promote_types(e_x.dtype, torch.float32)  # half models sum in float32
+
         def evaluate(start: int, end: int) -> Tensor:
-            part = torch.zeros(K, *e_x.shape, dtype=torch.float32, device=e_x.device)
+            part = torch.zeros(K, *e_x.shape, dtype=acc, device=e_x.device)
             a = alphas[start:end].to(e_x.dtype).to(e_x.device).view(-1, 1, 1)
             diff = ends[start:end] - starts[start:end]
             w = weights[start:end].to(e_x.dtype).to(e_x.device).view(-1, 1, 1)
@@ -353,24 +366,24 @@ class LLMGradientAttribution(Attribution):
                 hooks = [partial(head.register_forward_pre_hook, grab)] if head is not None else []
                 with cut.replaced([(points,)]), registered(*hooks):
                     out = self.model(input_ids=rows, **({"logits_to_keep": K} if keep else {}))
-                logits = out.logits[:, -K:].float()
+                logits = out.logits[:, -K:].to(acc)
                 hidden = captured.get("h")
                 per_position = (
                     hidden is not None
                     and hidden.shape[1] >= K
-                    and torch.allclose(head(hidden[:, -K:].detach()).float(), logits.detach(),
+                    and torch.allclose(head(hidden[:, -K:].detach()).to(acc), logits.detach(),
                                        rtol=1e-4, atol=1e-5)
                 )  # fmt: skip
                 for k in range(K):  # one shared forward, then one backward per target token
                     if per_position:
                         # only this position's output layer enters the backward
-                        z = head(hidden[:, hidden.shape[1] - K + k]).float()  # type: ignore[index]
+                        z = head(hidden[:, hidden.shape[1] - K + k]).to(acc)  # type: ignore[index]
                     else:
                         z = logits[:, k]
                     logp = z.gather(-1, target[k].view(1, 1).expand(end - start, 1))[:, 0]
                     logp = logp - torch.logsumexp(z, -1)
                     (g,) = torch.autograd.grad(logp.sum(), points, retain_graph=k < K - 1)
-                    part[k] = (g * diff * w).sum(0).float()
+                    part[k] = (g * diff * w).sum(0).to(acc)
             return part
 
         return sum(run_in_chunks(len(alphas), kwargs.get("internal_batch_size"), evaluate))

@@ -44,6 +44,8 @@ class LLMAttributionResult:
         out: dict[str, float] = {}
         for i, (name, value) in enumerate(zip(self.input_tokens, self.seq_attr.tolist())):
             key = name if name not in out else f"{name}#{i}"
+            while key in out:  # a later suffix can collide with a name given earlier
+                key += f"#{i}"
             out[key] = value
         return out
 

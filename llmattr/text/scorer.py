@@ -34,12 +34,31 @@ from .._core.batching import run_in_chunks
 __all__ = ["Scorer", "model_device"]
 
 
+def _execution_device(module: nn.Module | None) -> torch.device | None:
+    """The device an accelerate hook runs ``module`` on (its weights may be on ``meta``)."""
+    hook = getattr(module, "_hf_hook", None)
+    for h in [hook, *getattr(hook, "hooks", ())]:  # a SequentialHook holds several
+        device = getattr(h, "execution_device", None)
+        if device is not None:
+            return torch.device(device)
+    return None
+
+
 def model_device(model: nn.Module) -> torch.device:
-    """Where token ids go: the device of the input embedding (works with accelerate dispatch)."""
+    """Where token ids go: the device of the input embedding (works with accelerate dispatch,
+    including offloaded models whose weights wait on the ``meta`` device)."""
     embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    if embed is not None and getattr(embed, "weight", None) is not None:
-        return embed.weight.device
-    return next(model.parameters()).device
+    for module in (embed, model):
+        device = _execution_device(module)
+        if device is not None:
+            return device
+    weight = getattr(embed, "weight", None) if embed is not None else None
+    if weight is not None and weight.device.type != "meta":
+        return weight.device
+    for p in model.parameters():
+        if p.device.type != "meta":
+            return p.device
+    return torch.device("cpu")
 
 
 def context_length(model: nn.Module) -> int | None:
@@ -92,11 +111,14 @@ class Scorer:
             getattr(getattr(model, "config", None), "is_encoder_decoder", False)
         )
         limit = context_length(model)
-        needed = self.prompt.numel() + (0 if self.encoder_decoder else self.target.numel())
+        L, K = self.prompt.numel(), self.target.numel()
+        # the model reads prompt + target[:-1] (the last target token is only predicted); an
+        # encoder-decoder reads the prompt in the encoder and start + target[:-1] in the decoder
+        needed = max(L, K) if self.encoder_decoder else L + K - 1
         if limit is not None and needed > limit:
             raise ValueError(
-                f"The prompt ({self.prompt.numel()} tokens) and target ({self.target.numel()} "
-                f"tokens) need {needed} positions, more than the model's context of {limit}."
+                f"The prompt ({L} tokens) and target ({K} tokens) need {needed} positions, more "
+                f"than the model's context of {limit}."
             )
         params = inspect.signature(model.forward).parameters
         self.keep_logits = "logits_to_keep" in params
