@@ -62,12 +62,11 @@ class FeatureMasks:
             m = m.to(device=x.device, dtype=torch.long)
             if m.dim() < x.dim():
                 m = m.reshape(*([1] * (x.dim() - m.dim())), *m.shape)
-            ok = m.dim() == x.dim() and m.shape[0] in (1, batch)
-            try:
-                torch.broadcast_shapes(m.shape[1:], x.shape[1:])
-                ok = ok and torch.broadcast_shapes(m.shape[1:], x.shape[1:]) == x.shape[1:]
-            except RuntimeError:
-                ok = False
+            ok = (
+                m.dim() == x.dim()
+                and m.shape[0] in (1, batch)
+                and all(a in (1, b) for a, b in zip(m.shape[1:], x.shape[1:]))
+            )
             if not ok:
                 raise ValueError(
                     f"{name}[{i}] has shape {tuple(entries[i].shape)}, which does not fit input "
@@ -75,14 +74,16 @@ class FeatureMasks:
                     f"dimension 1 (shared by every example) or {batch} (one per example)."
                 )
             masks.append(m.expand(m.shape[0], *x.shape[1:]))
-        ids = torch.cat([m.reshape(-1).cpu() for m in masks]).unique()
-        if bool((ids < 0).any()):
+        ids = torch.cat([m.reshape(-1).cpu() for m in masks])
+        if ids.numel() and int(ids.min()) < 0:
+            negative = ids[ids < 0].unique()
             raise ValueError(
-                f"{name} holds negative feature ids {ids[ids < 0].tolist()[:5]}; ids must be >= 0."
+                f"{name} holds negative feature ids {negative.tolist()[:5]}; ids must be >= 0."
             )
-        n = int(ids.max().item()) + 1 if ids.numel() else 0
-        if ids.numel() != n:
-            missing = sorted(set(range(n)) - set(ids.tolist()))[:5]
+        used = torch.bincount(ids) > 0 if ids.numel() else torch.zeros(0, dtype=torch.bool)
+        n = used.shape[0]
+        if not bool(used.all()):
+            missing = torch.nonzero(~used).flatten()[:5].tolist()
             raise ValueError(
                 f"{name} ids must be contiguous 0 .. n_features - 1; ids {missing} are missing. "
                 "Renumber the mask, e.g. with torch.unique(mask, return_inverse=True)[1]."
@@ -113,6 +114,21 @@ class FeatureMasks:
                 kept = present.gather(2, flat.unsqueeze(0).expand(present.shape[0], -1, -1))
                 kept = kept.reshape(present.shape[0], present.shape[1], *m.shape[1:])
             out.append(~kept)
+        return tuple(out)
+
+    def single(self, start: int, end: int) -> tuple[Tensor, ...]:
+        """Element masks of features ``start .. end - 1``, one feature per perturbation.
+
+        The same as :meth:`absent` with all features but one present, without building the
+        ``(k, n_features)`` table (ablation and permutation remove one feature at a time).
+
+        Returns:
+            Per input a bool tensor ``(end - start, 1 or batch, *input.shape[1:])``.
+        """
+        out = []
+        for m in self.masks:
+            ids = torch.arange(start, end, device=m.device).view(-1, *([1] * m.dim()))
+            out.append(m.unsqueeze(0) == ids)
         return tuple(out)
 
     def spread(self, credits: Tensor) -> tuple[Tensor, ...]:

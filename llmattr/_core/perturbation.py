@@ -19,6 +19,7 @@ chunk whatever the number of perturbations.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -27,6 +28,7 @@ from tqdm.auto import tqdm
 
 from .call import Call
 from .features import FeatureMasks
+from .targets import Target
 
 __all__ = ["PerturbationRun", "check_positive_int", "make_generator"]
 
@@ -45,6 +47,17 @@ def make_generator(generator: torch.Generator | int | None) -> torch.Generator |
     if isinstance(generator, bool) or not isinstance(generator, int):
         raise TypeError(f"generator must be a torch.Generator or an int seed, got {generator!r}.")
     return torch.Generator().manual_seed(generator)
+
+
+@dataclass
+class _StackPlan:
+    """Targets and extra args for ``k`` stacked copies of the batch, and, once the first output
+    of this stack size passed the target checks, its shape and a picker for later outputs."""
+
+    target: Target
+    args: tuple[Any, ...]
+    shape: torch.Size | None = None
+    pick: Callable[[Tensor], Tensor] | None = None
 
 
 class PerturbationRun:
@@ -80,6 +93,7 @@ class PerturbationRun:
         self.show_progress = show_progress
         self.method = method
         self.forward_count = 0
+        self._plans: dict[int, _StackPlan] = {}
         with torch.no_grad():
             output = self._forward(call.inputs, call.target, call.args)
         self.output_dtype = output.dtype
@@ -126,22 +140,29 @@ class PerturbationRun:
         Returns:
             ``(k, rows, n_outputs)`` float64.
         """
-        batch = self.call.batch
-        examples = torch.arange(batch).repeat(k)
-        target, args = self.call.for_rows(examples)
+        plan = self._plans.get(k)
+        if plan is None:  # rows' targets and args, built once per stack size
+            target, args = self.call.for_rows(torch.arange(self.call.batch).repeat(k))
+            plan = self._plans[k] = _StackPlan(target, args)
         with torch.no_grad():
-            output = self._forward(inputs, target, args)
-        if target.index is not None:
-            output = target.select(output, k * batch)
+            output = self._forward(inputs, plan.target, plan.args)
+        n = k * self.call.batch
+        if plan.target.index is not None:
+            if plan.pick is None or output.shape != plan.shape:  # full checks once per shape
+                shape = output.shape
+                output = plan.target.select(output, n)
+                plan.shape, plan.pick = shape, plan.target.picker(tuple(shape), output.device)
+            else:
+                output = plan.pick(output)
         elif self.aggregate:
             if tuple(output.shape) != self.out_shape:
                 raise ValueError(
                     f"The aggregate output changed shape from {self.out_shape} to "
                     f"{tuple(output.shape)} under perturbation."
                 )
-        elif output.shape[0] != k * batch:
+        elif output.shape[0] != n:
             raise ValueError(
-                f"The forward function returned shape {tuple(output.shape)} for {k * batch} "
+                f"The forward function returned shape {tuple(output.shape)} for {n} "
                 "stacked examples; it must return one row per example."
             )
         return output.detach().reshape(k, self.rows, self.n_outputs).double().cpu()
@@ -182,14 +203,16 @@ class PerturbationRun:
             fold: ``fold(start, end, outputs)`` consumes their ``(end - start, rows, n_outputs)``
                 outputs, in order.
         """
-        bar = tqdm(total=n_perturbations, desc=self.method, disable=not self.show_progress)
+        bar = tqdm(total=n_perturbations, desc=self.method) if self.show_progress else None
         try:
             for start in range(0, n_perturbations, self.ppe):
                 end = min(start + self.ppe, n_perturbations)
                 fold(start, end, self.outputs_of(build(start, end), end - start))
-                bar.update(end - start)
+                if bar is not None:
+                    bar.update(end - start)
         finally:
-            bar.close()
+            if bar is not None:
+                bar.close()
 
     def attributions(self, per_element: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         """Reshape ``(rows, n_outputs, *input.shape[1:])`` credits to the returned form.

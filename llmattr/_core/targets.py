@@ -16,6 +16,7 @@ the check against the output's shape happens at the first forward, before any ba
 from __future__ import annotations
 
 import numbers
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
@@ -110,10 +111,27 @@ class Target:
                 f"Target index {tuple(first.tolist())} is out of range for an output of shape "
                 f"{tuple(output.shape)}."
             )
-        flat = output.reshape(batch, *rest[:k])  # trailing dims past k are all 1
+        return self.picker(tuple(output.shape), output.device)(output)
+
+    def picker(self, shape: tuple[int, ...], device: torch.device) -> Callable[[Tensor], Tensor]:
+        """A function picking this target's scalars from outputs of ``shape`` (already checked
+        by :meth:`select`), for evaluating many outputs of one shape without re-checking.
+
+        Returns:
+            ``pick(output) -> (shape[0],)``.
+        """
+        batch, rest = shape[0], shape[1:]
+        if self.index is None:
+            return lambda output: output.reshape(batch)
+        k = self.index.shape[-1]
+        view = (batch, *rest[:k])  # trailing dims past k are all 1
+        index: tuple[Any, ...]
         if self.per_example:
-            return flat[tuple([torch.arange(batch, device=output.device), *idx.unbind(-1)])]
-        return flat[tuple([slice(None), *idx.tolist()])]
+            idx = self.index.to(device)
+            index = (torch.arange(batch, device=device), *idx.unbind(-1))
+        else:
+            index = (slice(None), *self.index.tolist())
+        return lambda output: output.reshape(view)[index]
 
 
 TargetType: TypeAlias = None | int | tuple[int, ...] | Tensor | list[Any] | Target

@@ -19,25 +19,16 @@ from .._core.targets import TargetType
 __all__ = ["FeatureAblation", "FeaturePermutation", "Occlusion"]
 
 
-def _single_removals(start: int, end: int, n_features: int, device: torch.device) -> Tensor:
-    """``present`` rows for perturbations ``[start, end)``: all features but feature ``p``."""
-    present = torch.ones(end - start, n_features, dtype=torch.bool, device=device)
-    present[torch.arange(end - start), torch.arange(start, end)] = False
-    return present
-
-
 def _ablate_each_feature(
     run: PerturbationRun,
     masks: FeatureMasks,
     replacements: Callable[[int, int], tuple[Tensor, ...] | None],
 ) -> tuple[Tensor, ...]:
     """``f(x) - f(x with feature p replaced)`` for every feature ``p``, spread over its elements."""
-    device = masks.masks[0].device
     credits = torch.zeros(run.rows, run.n_outputs, masks.n_features, dtype=torch.float64)
 
     def build(start: int, end: int) -> tuple[Tensor, ...]:
-        absent = masks.absent(_single_removals(start, end, masks.n_features, device))
-        return run.perturbed(absent, replacements(start, end))
+        return run.perturbed(masks.single(start, end), replacements(start, end))
 
     def fold(start: int, end: int, outputs: Tensor) -> None:
         credits[:, :, start:end] = (run.initial.unsqueeze(0) - outputs).permute(1, 2, 0)
@@ -252,40 +243,36 @@ class Occlusion(PerturbationAttribution):
         offsets = [0]
         for grid in windows:
             offsets.append(offsets[-1] + grid.count)
-        sums = [
-            torch.zeros(run.rows, run.n_outputs, *x.shape[1:], dtype=torch.float64)
-            for x in call.inputs
-        ]
-        counts = [torch.zeros(x.shape[1:], dtype=torch.float64) for x in call.inputs]
-
-        def masks_of(start: int, end: int) -> list[Tensor]:
-            """Per input the ``(end - start, *input.shape[1:])`` windows of these perturbations."""
-            out = []
-            for j, (x, grid) in enumerate(zip(call.inputs, windows)):
-                lo, hi = max(start, offsets[j]), min(end, offsets[j + 1])
-                m = torch.zeros(end - start, *x.shape[1:], dtype=torch.bool)
-                if lo < hi:
-                    m[lo - start : hi - start] = grid.masks(lo - offsets[j], hi - offsets[j])
-                out.append(m)
-            return out
+        drops = torch.empty(offsets[-1], run.rows, run.n_outputs, dtype=torch.float64)
 
         def build(start: int, end: int) -> tuple[Tensor, ...]:
-            return run.perturbed(tuple(m.unsqueeze(1) for m in masks_of(start, end)))
+            """Per input ``k`` copies of the batch, each with its window (if any) replaced."""
+            k, out = end - start, []
+            for j, (x, r, grid) in enumerate(zip(call.inputs, run.baselines, windows)):
+                stacked = x.unsqueeze(0).repeat(k, *([1] * x.dim()))
+                lo, hi = max(start, offsets[j]), min(end, offsets[j + 1])
+                if lo < hi:  # windows are boxes: scatter their few baseline values
+                    flat = stacked.view(k, x.shape[0], -1)[lo - start : hi - start]
+                    idx = grid.elements(lo - offsets[j], hi - offsets[j]).to(x.device)
+                    idx = idx.unsqueeze(1).expand(-1, x.shape[0], -1)
+                    values = r.to(x.dtype).reshape(1, x.shape[0], -1).expand(hi - lo, -1, -1)
+                    flat.scatter_(2, idx, values.gather(2, idx))
+                out.append(stacked.reshape(k * x.shape[0], *x.shape[1:]))
+            return tuple(out)
 
         def fold(start: int, end: int, outputs: Tensor) -> None:
-            drops = run.initial.unsqueeze(0) - outputs  # (k, rows, n_outputs)
-            for j, m in enumerate(masks_of(start, end)):
-                if not bool(m.any()):
-                    continue
-                flat = m.reshape(m.shape[0], -1).double()
-                sums[j] += torch.einsum("kro,ke->roe", drops, flat).reshape(sums[j].shape)
-                counts[j] += flat.sum(0).reshape(counts[j].shape)
+            drops[start:end] = run.initial.unsqueeze(0) - outputs
 
         run.evaluate(offsets[-1], build, fold)
-        # elements no window covers (only when a stride exceeds the window) get 0, not 0 / 0
-        return call.result(
-            run.attributions(tuple(s / c.clamp(min=1) for s, c in zip(sums, counts)))
-        )
+        # each element's mean drop over the windows covering it (windows are boxes, so the sum
+        # over windows factorizes into one contraction per dimension); elements no window covers
+        # (only when a stride exceeds the window) get 0, not 0 / 0
+        per_element = []
+        for j, grid in enumerate(windows):
+            sums = grid.spread(drops[offsets[j] : offsets[j + 1]])
+            counts = grid.spread(torch.ones(grid.count, 1, 1, dtype=torch.float64))
+            per_element.append(sums / counts.clamp(min=1))
+        return call.result(run.attributions(tuple(per_element)))
 
 
 class _WindowGrid:
@@ -293,28 +280,58 @@ class _WindowGrid:
 
     def __init__(self, shape: tuple[int, ...], window: tuple[int, ...], stride: tuple[int, ...]):
         self.shape = shape
-        # one bool row per start position and dimension: the covered indices
-        self.per_dim = []
+        self.window = window
+        self.first: list[Tensor] = []  # per dimension, the windows' first indices
+        self.per_dim = []  # per dimension, one bool row per start: the covered indices
         for size, w, s in zip(shape, window, stride):
             n = math.ceil(max(size - w, 0) / s) + 1
-            starts = torch.arange(n) * s
-            starts = starts[starts < size]  # a stride longer than the window can overshoot
-            idx = torch.arange(size)
-            self.per_dim.append((idx >= starts[:, None]) & (idx < starts[:, None] + w))
-        self.counts = [r.shape[0] for r in self.per_dim]
+            starts = [i * s for i in range(n) if i * s < size]  # a long stride can overshoot
+            idx, first = torch.arange(size), torch.tensor(starts)
+            self.first.append(first)
+            self.per_dim.append((idx >= first[:, None]) & (idx < first[:, None] + w))
+        self.counts = [len(f) for f in self.first]
         self.count = math.prod(self.counts)
+        self._elements: Tensor | None = None
 
-    def masks(self, start: int, end: int) -> Tensor:
-        """``(end - start, *shape)`` bool masks of windows ``[start, end)`` (row-major order)."""
-        q = torch.arange(start, end)
-        mask = torch.ones(end - start, *([1] * len(self.shape)), dtype=torch.bool)
-        for d in reversed(range(len(self.shape))):
-            q, i = q // self.counts[d], q % self.counts[d]
-            rows = self.per_dim[d][i]  # (k, size_d)
-            view = [end - start] + [1] * len(self.shape)
-            view[d + 1] = self.shape[d]
-            mask = mask & rows.reshape(view)
-        return mask
+    def elements(self, start: int, end: int) -> Tensor:
+        """Flat (row-major) element indices of windows ``[start, end)``.
+
+        Computed once for all windows (``count * prod(window)`` indices, a few times the input's
+        size at most), then sliced per chunk.
+
+        Returns:
+            ``(end - start, prod(window))`` long; a window clipped at an edge repeats one of
+            its elements in place of the missing ones.
+        """
+        if self._elements is None:
+            q = torch.arange(self.count)
+            flat = torch.zeros(self.count, *([1] * len(self.shape)), dtype=torch.long)
+            step = 1
+            for d in reversed(range(len(self.shape))):
+                q, i = q // self.counts[d], q % self.counts[d]
+                idx = self.first[d][i, None] + torch.arange(self.window[d])  # (count, w_d)
+                idx = torch.where(idx < self.shape[d], idx, idx[:, :1])  # clipped: repeat
+                view = [self.count] + [1] * len(self.shape)
+                view[d + 1] = self.window[d]
+                flat = flat + (idx * step).reshape(view)
+                step *= self.shape[d]
+            self._elements = flat.reshape(self.count, -1)
+        return self._elements[start:end]
+
+    def spread(self, values: Tensor) -> Tensor:
+        """Sum per-window values over the windows covering each element.
+
+        Args:
+            values: ``(count, rows, n_outputs)``, one entry per window (row-major order).
+
+        Returns:
+            ``(rows, n_outputs, *shape)``.
+        """
+        rows, n_out = values.shape[1:]
+        out = values.reshape(*self.counts, rows * n_out)
+        for cover in self.per_dim:  # contract the leading window axis, append the element axis
+            out = torch.tensordot(out, cover.to(values.dtype), dims=([0], [0]))
+        return out.reshape(rows, n_out, *self.shape)
 
 
 def _per_input(value: Any, n_inputs: int, name: str, scalar_ok: bool) -> tuple[Any, ...]:

@@ -191,40 +191,38 @@ class ShapleyValueSampling(PerturbationAttribution):
         orders = torch.argsort(torch.rand(n_samples, n, generator=gen), dim=1)  # (s, n)
         ranks = torch.argsort(orders, dim=1)  # position of each feature in its ordering
         device = masks.masks[0].device
-        # evaluation 0: every feature absent; then, per ordering, the first t + 1 features
+        # evaluation 0: every feature absent; then, per ordering s, the first t + 1 features
         # present for t = 0 .. n - 2 (all n present is the unperturbed input, already known)
-        per_order = n - 1
-        values = torch.empty(n_samples, n + 1, run.rows, run.n_outputs, dtype=torch.float64)
-        values[:, n] = run.initial
-
-        def positions(q: Tensor) -> tuple[Tensor, Tensor]:
-            """Ordering and step of evaluations ``q >= 1``."""
-            return (q - 1) // per_order, (q - 1) % per_order
+        total = 1 + n_samples * (n - 1)
+        ranks_on = ranks.to(device)
 
         def present(start: int, end: int) -> Tensor:
-            q = torch.arange(start, end)
-            rows = torch.zeros(end - start, n, dtype=torch.bool)
-            later = q > 0
-            if bool(later.any()):
-                s, t = positions(q[later])
-                rows[later] = ranks[s] <= t[:, None]
+            q = torch.arange(max(start, 1), end, device=device) - 1
+            rows = ranks_on[q // max(n - 1, 1)] <= (q % max(n - 1, 1))[:, None]
+            if start == 0:
+                rows = torch.cat([torch.zeros(1, n, dtype=torch.bool, device=device), rows])
             return rows
 
+        outputs = torch.empty(total, run.rows, run.n_outputs, dtype=torch.float64)
+
         def build(start: int, end: int) -> tuple[Tensor, ...]:
-            return run.perturbed(masks.absent(present(start, end).to(device)))
+            return run.perturbed(masks.absent(present(start, end)))
 
-        def fold(start: int, end: int, outputs: Tensor) -> None:
-            q = torch.arange(start, end)
-            if start == 0:
-                values[:, 0] = outputs[0]
-            later = q > 0
-            if bool(later.any()):
-                s, t = positions(q[later])
-                values[s, t + 1] = outputs[later]
+        def fold(start: int, end: int, out: Tensor) -> None:
+            outputs[start:end] = out
 
-        run.evaluate(1 + n_samples * per_order, build, fold)
+        run.evaluate(total, build, fold)
+        # values[s, t]: output with the first t features of ordering s present (t = 0 .. n)
+        values = torch.cat(
+            [
+                outputs[:1].expand(n_samples, 1, -1, -1),
+                outputs[1:].reshape(n_samples, n - 1, run.rows, run.n_outputs),
+                run.initial.expand(n_samples, 1, -1, -1),
+            ],
+            dim=1,
+        )
         marginal = values[:, 1:] - values[:, :-1]  # (s, n, rows, out): feature orders[s, t]
-        credits = torch.zeros(n, run.rows, run.n_outputs, dtype=torch.float64)
-        credits.index_add_(0, orders.reshape(-1), marginal.reshape(-1, run.rows, run.n_outputs))
-        credits = (credits / n_samples).permute(1, 2, 0)
+        # feature f's marginal in ordering s sits at position ranks[s, f]
+        index = ranks[:, :, None, None].expand(-1, -1, run.rows, run.n_outputs)
+        credits = marginal.gather(1, index).mean(0).permute(1, 2, 0)  # (rows, out, n)
         return call.result(run.feature_attributions(credits, masks))
