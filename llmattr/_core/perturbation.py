@@ -24,7 +24,6 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from .call import Call
 from .features import FeatureMasks
@@ -203,7 +202,11 @@ class PerturbationRun:
             fold: ``fold(start, end, outputs)`` consumes their ``(end - start, rows, n_outputs)``
                 outputs, in order.
         """
-        bar = tqdm(total=n_perturbations, desc=self.method) if self.show_progress else None
+        bar = None
+        if self.show_progress:  # imported here: tqdm.auto warns in notebooks without ipywidgets
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=n_perturbations, desc=self.method)
         try:
             for start in range(0, n_perturbations, self.ppe):
                 end = min(start + self.ppe, n_perturbations)
