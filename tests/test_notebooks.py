@@ -18,6 +18,15 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 # per notebook: text its printed output must contain, and how many figures it must show at least
 EXPECTED: dict[str, tuple[list[str], int]] = {
+    "02_bert_layers.ipynb": (
+        [
+            "BertModel with 6 layers, hidden size 384",
+            "similarity(passage) - similarity(baseline) = 0.75",
+            "layer 6: row sum 0.75",
+            "Eiffel + Tower share peaks at layer 5",
+        ],
+        1,
+    ),
     "03_vision_digits.ipynb": (
         [
             "held-out accuracy: 0.9",
