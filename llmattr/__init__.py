@@ -9,6 +9,8 @@ from .attr import *  # noqa: F403
 from .attr import __all__ as _attr_all
 from .text import *  # noqa: F403
 from .text import __all__ as _text_all
+from .viz import *  # noqa: F403
+from .viz import __all__ as _viz_all
 
 __version__ = "0.1.0"
-__all__ = sorted({*_attr_all, *_text_all, "__version__"})
+__all__ = sorted({*_attr_all, *_text_all, *_viz_all, "__version__"})

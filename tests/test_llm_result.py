@@ -117,7 +117,7 @@ def test_plot_token_attr_shows_the_data(dtype, close_figures):
     assert len(images) == 1
     data = np.asarray(images[0].get_array())
     assert data.shape == tuple(r.token_attr.shape)
-    assert np.array_equal(data, r.token_attr.float().numpy())
+    assert np.array_equal(data, r.token_attr.double().numpy())  # no rounding on the way
     limit = r.token_attr.float().abs().max().item()
     assert images[0].get_clim() == pytest.approx((-limit, limit))  # symmetric around 0
     assert [t.get_text() for t in ax.get_xticklabels()] == r.input_tokens
@@ -160,6 +160,7 @@ class _Page(HTMLParser):
         self.chips: list[tuple[str, str]] = []
         self.cells: list[str] = []
         self.row_heads: list[str] = []
+        self.scripts: list[tuple[str, str]] = []  # (type, text)
         self._in: str | None = None
         self._title = ""
         self._text = ""
@@ -167,14 +168,18 @@ class _Page(HTMLParser):
     def handle_starttag(self, tag, attrs):
         self.tags.append(tag)
         a = dict(attrs)
-        if tag == "span" and a.get("class") == "tok":
+        if tag == "span" and "tok" in (a.get("class") or "").split():
             self._in, self._title, self._text = "chip", a.get("title", ""), ""
+        elif tag == "script":
+            self._in, self._text = "script", a.get("type", "")
         elif tag == "td":
             self._in, self._text = "td", ""
         elif tag == "th" and a.get("title", "").startswith("p="):
             self._in, self._text = "row", ""
 
     def handle_data(self, data):
+        if self._in == "script" and "\0" not in self._text:
+            self._text += "\0"
         if self._in:
             self._text += data
 
@@ -185,6 +190,9 @@ class _Page(HTMLParser):
             self.cells.append(self._text)
         elif self._in == "row" and tag == "th":
             self.row_heads.append(self._text)
+        elif self._in == "script" and tag == "script":
+            kind, _, text = self._text.partition("\0")
+            self.scripts.append((kind, text))
         else:
             return
         self._in = None
@@ -202,26 +210,31 @@ def test_to_html_is_self_contained_and_escapes_every_token():
     page = r.to_html()
     assert page.startswith("<!DOCTYPE html>")
     low = page.lower()
-    assert "http" not in low and "<script" not in low and "<link" not in low
+    assert "http://" not in low and "https://" not in low and "<link" not in low
     assert "src=" not in low and "<iframe" not in low and "@import" not in low
     for tok in r.input_tokens + r.output_tokens:
         assert html.escape(tok) in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "&lt;/div&gt;" in page and "&lt;b&gt;" in page
-    # A raw "</div>" or "<b>" only where the page's own markup has one.
+    # A raw "</div>", "<b>" or "<script" only where the page's own markup has one.
     benign = _result(inputs=["x"] * len(INPUT_TOKENS), outputs=["y"] * len(OUTPUT_TOKENS))
     plain = benign.to_html()
     assert page.count("</div>") == plain.count("</div>")
     assert page.count("<b>") == plain.count("<b>") == 0
-    assert "a&b" not in page and '"q"' not in page
+    assert low.count("<script") == plain.lower().count("<script") == 2  # data + our code
+    assert "a&b" not in page and '"q"' not in page.split("<script type=")[0]
+    # The tokens reach the page's data block intact, with no "<" that could end it.
+    kinds = [kind for kind, _ in _parse(page).scripts]
+    assert kinds == ["application/json", ""]
+    data = json.loads(_parse(page).scripts[0][1])
+    assert data["input_tokens"] == r.input_tokens and data["output_tokens"] == r.output_tokens
 
 
 def test_to_html_shows_tokens_scores_and_legend():
     r = _result()
     page = r.to_html()
-    assert "raises the target" in page and "lowers it" in page
+    assert "raises the target" in page and "lowers the target" in page
     parsed = _parse(page)
-    assert "script" not in parsed.tags
     assert [text for text, _ in parsed.chips] == r.input_tokens
     assert [title for _, title in parsed.chips] == [
         f"{n}: {v:+.4f}" for n, v in zip(r.input_tokens, r.seq_attr.tolist())
@@ -235,6 +248,7 @@ def test_to_html_shows_tokens_scores_and_legend():
 def test_to_html_title_is_escaped():
     page = _result().to_html(title="<i>mine</i> & yours")
     assert "<h2>&lt;i&gt;mine&lt;/i&gt; &amp; yours</h2>" in page
+    assert "<title>&lt;i&gt;mine&lt;/i&gt; &amp; yours</title>" in page
     assert "<i>" not in page
 
 
@@ -245,4 +259,4 @@ def test_to_html_without_token_attr():
     parsed = _parse(page)
     assert [text for text, _ in parsed.chips] == r.input_tokens
     assert "raises the target" in page
-    assert "&lt;script&gt;" in page and "<script" not in page
+    assert "&lt;script&gt;" in page and "<script>alert" not in page

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,96 +48,30 @@ class LLMAttributionResult:
             out[key] = value
         return out
 
-    # ---- plots -------------------------------------------------------------------------------
+    # ---- views (drawn by llmattr.viz) ------------------------------------------------------
 
     def plot_token_attr(self, show: bool = False) -> tuple[Any, Any]:
         """Heatmap of ``token_attr`` (target tokens × features); returns ``(fig, ax)``."""
-        import matplotlib.pyplot as plt
+        from ..viz.plots import plot_token_attr
 
         if self.token_attr is None:
             raise ValueError("This result has no per-token attributions.")
-        data = self.token_attr.detach().float().cpu().numpy()
-        limit = float(abs(data).max()) or 1.0
-        fig, ax = plt.subplots(
-            figsize=(
-                max(4, 0.5 * len(self.input_tokens) + 2),
-                max(2, 0.4 * len(self.output_tokens) + 1.5),
-            )
-        )
-        image = ax.imshow(data, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
-        ax.set_xticks(range(len(self.input_tokens)), self.input_tokens, rotation=60, ha="right")
-        ax.set_yticks(range(len(self.output_tokens)), self.output_tokens)
-        ax.set_xlabel("prompt features")
-        ax.set_ylabel("target tokens")
-        fig.colorbar(image, ax=ax, label="attribution")
-        fig.tight_layout()
-        if show:
-            plt.show()
-        return fig, ax
+        return plot_token_attr(self.token_attr, self.input_tokens, self.output_tokens, show=show)
 
     def plot_seq_attr(self, show: bool = False) -> tuple[Any, Any]:
         """Bar chart of ``seq_attr`` per feature; returns ``(fig, ax)``."""
-        import matplotlib.pyplot as plt
+        from ..viz.plots import plot_seq_attr
 
-        values = self.seq_attr.detach().float().cpu().numpy()
-        fig, ax = plt.subplots(figsize=(max(4, 0.5 * len(values) + 2), 3))
-        colors = ["#c0392b" if v > 0 else "#2c7fb8" for v in values]
-        ax.bar(range(len(values)), values, color=colors)
-        ax.set_xticks(range(len(values)), self.input_tokens, rotation=60, ha="right")
-        ax.axhline(0, color="black", linewidth=0.8)
-        ax.set_ylabel("attribution")
-        fig.tight_layout()
-        if show:
-            plt.show()
-        return fig, ax
+        return plot_seq_attr(self.seq_attr, self.input_tokens, show=show)
 
-    # ---- HTML --------------------------------------------------------------------------------
+    def to_html(self, title: str | None = None, path: str | Path | None = None) -> str:
+        """One self-contained HTML page (see :func:`llmattr.viz.html_report`): the prompt's
+        features coloured by ``seq_attr`` with a legend, and the target-token × feature heatmap
+        with values and probabilities on hover. Every token is HTML-escaped. Written to
+        ``path`` too when given."""
+        from ..viz.report import html_report
 
-    def to_html(self, title: str | None = None) -> str:
-        """One self-contained HTML page (inline CSS, no scripts or network): the prompt's
-        features coloured by ``seq_attr`` with a legend, and the target-token × feature table
-        with values and probabilities on hover. Every token is HTML-escaped."""
-        esc = html.escape
-        seq = self.seq_attr.detach().float().cpu()
-        limit = float(seq.abs().max()) or 1.0
-
-        def colour(v: float, lim: float) -> str:
-            a = min(abs(v) / lim, 1.0)
-            return f"rgba(192,57,43,{a:.3f})" if v > 0 else f"rgba(44,127,184,{a:.3f})"
-
-        chips = "".join(
-            f'<span class="tok" style="background:{colour(v, limit)}" title="{esc(n)}: {v:+.4f}">'
-            f"{esc(n)}</span>"
-            for n, v in zip(self.input_tokens, seq.tolist())
-        )
-        rows = ""
-        if self.token_attr is not None:
-            data = self.token_attr.detach().float().cpu()
-            tl = float(data.abs().max()) or 1.0
-            head = "".join(f"<th>{esc(n)}</th>" for n in self.input_tokens)
-            body = []
-            for t, (tok, p) in enumerate(zip(self.output_tokens, self.output_probs.tolist())):
-                cells = "".join(
-                    f'<td style="background:{colour(v, tl)}" title="{esc(tok)} ← {esc(n)}: '
-                    f'{v:+.4f} (p={p:.3f})">{v:+.2f}</td>'
-                    for n, v in zip(self.input_tokens, data[t].tolist())
-                )
-                body.append(f'<tr><th title="p={p:.4f}">{esc(tok)}</th>{cells}</tr>')
-            rows = f"<table><tr><th></th>{head}</tr>{''.join(body)}</table>"
-        heading = esc(title or f"{self.method or 'Attribution'}: {''.join(self.output_tokens)}")
-        return (
-            "<!DOCTYPE html><html><head><meta charset='utf-8'>"
-            f"<title>{heading}</title><style>"
-            "body{font-family:system-ui,sans-serif;margin:2em;color:#222}"
-            ".tok{padding:2px 3px;margin:1px;border-radius:3px;display:inline-block;"
-            "white-space:pre}table{border-collapse:collapse;font-size:12px;margin-top:1em}"
-            "td,th{border:1px solid #ddd;padding:2px 4px;text-align:center;white-space:pre}"
-            ".legend span{padding:2px 8px;margin-right:6px}</style></head><body>"
-            f"<h2>{heading}</h2>"
-            '<div class="legend"><span style="background:rgba(192,57,43,.8)">raises the target'
-            '</span><span style="background:rgba(44,127,184,.8)">lowers it</span></div>'
-            f"<p>{chips}</p>{rows}</body></html>"
-        )
+        return html_report([self], path=path, titles=None if title is None else [title])
 
     # ---- saving ------------------------------------------------------------------------------
 

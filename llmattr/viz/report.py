@@ -1,0 +1,375 @@
+"""Self-contained HTML reports of LLM attribution results.
+
+One file, no network: the CSS and a small script are inline, and a Content-Security-Policy lets
+the page load nothing and run only its own script (matched by hash), so a prompt that smuggles
+in markup can neither fetch nor execute anything even if it escaped the escaping. Every token,
+title and label is HTML-escaped; the data the script reads sits in a JSON block whose ``<``,
+``>`` and ``&`` are written as ``\\u003c`` etc., so ``</script>`` or ``<!--`` inside a token
+cannot end the block.
+
+The page works without its script (colours, numbers and native tooltips are plain HTML); the
+script adds a tooltip with value and probability for every heatmap cell, highlights the prompt
+token under the cursor, and recolours the prompt by one target token when its row is clicked.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+from . import palette
+from .scale import as_array, symmetric_limit
+
+if TYPE_CHECKING:
+    from ..text.result import LLMAttributionResult
+
+__all__ = ["html_report"]
+
+#: From this many prompt features on, heatmap cells are small coloured squares without numbers.
+COMPACT_FROM = 41
+
+_CSS = (
+    "body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',sans-serif;margin:1.5em 2em;"
+    "color:#222;background:#fff}"
+    "h1{font-size:1.5em}h2{font-size:1.25em;margin-bottom:.2em}"
+    "h3{font-size:1em;margin:1.2em 0 .3em}"
+    "nav li{margin:.15em 0}.llmattr-result{margin-bottom:3em}"
+    ".meta{color:#555;font-size:13px;margin:.2em 0}"
+    ".info{font-size:12px;color:#555;display:grid;grid-template-columns:max-content auto;"
+    "gap:0 .8em;margin:.3em 0}.info dt{font-weight:600}.info dd{margin:0;white-space:pre-wrap}"
+    ".legend{display:flex;flex-wrap:wrap;align-items:center;gap:.5em;font-size:12px;color:#444;"
+    "margin:.3em 0}.legend .bar{display:inline-flex;border:1px solid #ccc}"
+    ".legend .bar i{display:inline-block;width:9px;height:12px}.legend .note{color:#777}"
+    ".prompt{font:13px/2.1 ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;"
+    "border:1px solid #ddd;border-radius:4px;padding:.5em .7em;overflow-wrap:anywhere;"
+    "max-height:60vh;overflow-y:auto}"
+    ".tok{padding:2px 3px;border-radius:3px;white-space:pre-wrap;unicode-bidi:isolate;"
+    "box-decoration-break:clone;-webkit-box-decoration-break:clone}"
+    ".tok.hl{outline:2px solid #111}"
+    ".heat{max-height:70vh;max-width:100%;overflow:auto;border:1px solid #ddd;border-radius:4px;"
+    "display:inline-block}"
+    "table.hm{border-collapse:separate;border-spacing:0;font-size:11px}"
+    ".hm th{background:#f6f6f6;font-weight:normal;white-space:pre;position:sticky;"
+    "box-sizing:border-box;unicode-bidi:isolate}"
+    ".hm thead th{top:0;z-index:2;vertical-align:bottom;padding:3px 1px}"
+    ".hm thead th.col span{display:inline-block;writing-mode:vertical-rl;"
+    "transform:rotate(180deg);max-height:10em;overflow:hidden;text-overflow:ellipsis}"
+    ".hm tbody th{z-index:1;padding:1px 5px}"
+    ".hm th.row{left:0;width:10em;min-width:10em;max-width:10em;overflow:hidden;"
+    "text-overflow:ellipsis;text-align:right;cursor:pointer}"
+    ".hm th.prob{left:10em;width:4em;min-width:4em;text-align:right;color:#555}"
+    ".hm thead th.row,.hm thead th.prob{z-index:3}"
+    ".hm th.row.sel{background:#222;color:#fff}.hm th.col.hl,.hm tr.hl th{background:#ffe08a}"
+    ".hm td{text-align:center;padding:2px 4px;min-width:3.3em;white-space:nowrap}"
+    ".hm.compact td{min-width:0;width:10px;height:15px;padding:0}"
+    ".llmattr-tip{position:fixed;display:none;pointer-events:none;z-index:10;max-width:40em;"
+    "background:#222;color:#fff;padding:4px 8px;border-radius:4px;white-space:pre-wrap;"
+    "font:12px/1.4 ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}"
+) + palette.css_rules()
+
+_SCRIPT = """(function () {
+  "use strict";
+  var doc = document, tip = doc.querySelector(".llmattr-tip");
+  if (!tip) {
+    tip = doc.createElement("div"); tip.className = "llmattr-tip"; doc.body.appendChild(tip);
+  }
+  function num(v) {
+    if (v === null) return "nan";
+    var a = Math.abs(v), s = (a >= 1e-3 && a < 1e4) || a === 0 ? a.toFixed(4) : a.toExponential(3);
+    // Two exponent digits, as Python's "{:+.3e}" writes them.
+    s = s.replace(/e([+-])(\\d)$/, function (m, sign, digit) { return "e" + sign + "0" + digit; });
+    return (v < 0 ? "-" : "+") + s;
+  }
+  function place(e) {
+    var x = e.clientX + 14, y = e.clientY + 14, r = tip.getBoundingClientRect();
+    if (x + r.width > innerWidth) x = Math.max(0, e.clientX - r.width - 8);
+    if (y + r.height > innerHeight) y = Math.max(0, e.clientY - r.height - 8);
+    tip.style.left = x + "px"; tip.style.top = y + "px";
+  }
+  function step(v, lim, n) {
+    if (v === null || !(lim > 0)) return n;
+    return n + Math.max(-n, Math.min(n, Math.round(v / lim * n)));
+  }
+  doc.querySelectorAll("section.llmattr-result").forEach(function (sec) {
+    if (sec.getAttribute("data-ready")) return;
+    sec.setAttribute("data-ready", "1");
+    var d = JSON.parse(sec.querySelector("script.llmattr-data").textContent);
+    var chips = sec.querySelectorAll(".prompt .tok"), cols = sec.querySelectorAll("th.col");
+    var caption = sec.querySelector(".legend.seq .note"), table = sec.querySelector("table.hm");
+    var lit = null, chosen = -1;
+    function paint(row) {
+      var vals = row < 0 ? d.seq_attr : d.token_attr[row];
+      var lim = row < 0 ? d.seq_limit : d.token_limit;
+      chips.forEach(function (c, j) {
+        c.className = "tok q" + step(vals[j], lim, d.levels);
+        c.title = d.input_tokens[j] + ": " + num(vals[j]);
+      });
+      if (caption) caption.textContent = row < 0 ? "colour: attribution to the whole target"
+        : "colour: attribution to target token " + (row + 1) + " " +
+          JSON.stringify(d.output_tokens[row]);
+    }
+    function unlight() {
+      if (lit) lit.forEach(function (el) { el.classList.remove("hl"); });
+      lit = null; tip.style.display = "none";
+    }
+    if (!table) return;
+    table.addEventListener("mouseover", function (e) {
+      var cell = e.target.closest("td"), tr = cell && cell.parentNode;
+      unlight();
+      if (!cell) return;
+      var t = tr.sectionRowIndex, j = cell.cellIndex - 2;
+      lit = [chips[j], cols[j], tr].filter(Boolean);
+      lit.forEach(function (el) { el.classList.add("hl"); });
+      tip.textContent = JSON.stringify(d.output_tokens[t]) + " \\u2190 " +
+        JSON.stringify(d.input_tokens[j]) + "\\nattribution " + num(d.token_attr[t][j]) +
+        "\\np(" + JSON.stringify(d.output_tokens[t]) + ") = " +
+        (d.output_probs[t] === null ? "nan" : d.output_probs[t].toFixed(4));
+      tip.style.display = "block"; place(e);
+    });
+    table.addEventListener("mousemove", function (e) { if (lit) place(e); });
+    table.addEventListener("mouseleave", unlight);
+    table.addEventListener("click", function (e) {
+      var head = e.target.closest("th.row"), tr = head && head.parentNode;
+      if (!head || !tr.parentNode || tr.parentNode.tagName !== "TBODY") return;
+      var t = tr.sectionRowIndex;
+      sec.querySelectorAll("th.row.sel").forEach(function (h) { h.classList.remove("sel"); });
+      chosen = chosen === t ? -1 : t;
+      if (chosen >= 0) head.classList.add("sel");
+      paint(chosen);
+    });
+  });
+  doc.documentElement.setAttribute("data-llmattr", "ready");
+})();"""
+
+_SCRIPT_HASH = base64.b64encode(hashlib.sha256(_SCRIPT.encode("utf-8")).digest()).decode()
+_POLICY = (
+    "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
+    f"script-src 'sha256-{_SCRIPT_HASH}'"
+)
+
+
+def escape(text: Any) -> str:
+    """``text`` as HTML text or a double-quoted attribute value."""
+    return html.escape(str(text), quote=True)
+
+
+def script_json(data: Any) -> str:
+    """JSON that is safe inside ``<script type="application/json">``: no ``<`` at all (so no
+    ``</script>`` or ``<!--``), and no ``>``, ``&`` or line separators either."""
+    text = json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    for char, code in (
+        ("<", "\\u003c"),
+        (">", "\\u003e"),
+        ("&", "\\u0026"),
+        ("\u2028", "\\u2028"),
+        ("\u2029", "\\u2029"),
+    ):
+        text = text.replace(char, code)
+    return text
+
+
+def page(title: str, body: str, script: bool = True) -> str:
+    """A complete HTML document around ``body`` (already HTML); ``title`` is escaped here."""
+    code = f"<script>{_SCRIPT}</script>" if script else ""
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="Content-Security-Policy" content="{_POLICY}">'
+        '<meta name="viewport" content="width=device-width,initial-scale=1">'
+        f"<title>{escape(title)}</title><style>{_CSS}</style></head>"
+        f'<body>{body}<div class="llmattr-tip" aria-hidden="true"></div>{code}</body></html>'
+    )
+
+
+def legend(limit: float, note: str, kind: str) -> str:
+    """A colour bar from ``-limit`` to ``+limit`` with what the ends mean."""
+    bar = "".join(f'<i class="q{s}"></i>' for s in range(2 * palette.LEVELS + 1))
+    extra = f'<span class="note">{escape(note)}</span>'
+    return (
+        f'<div class="legend {kind}"><span>{-limit:.3g} lowers the target</span>'
+        f'<span class="bar" title="attribution">{bar}</span>'
+        f"<span>raises the target +{limit:.3g}</span>{extra}</div>"
+    )
+
+
+def _floats(x: Any) -> list[float]:
+    return [float(v) for v in as_array(x).reshape(-1).tolist()]
+
+
+def _value(v: float) -> str:
+    """What hovering shows (the page's script formats the same way)."""
+    if not math.isfinite(v):
+        return "nan"
+    return f"{v:+.4f}" if 1e-3 <= abs(v) < 1e4 or v == 0 else f"{v:+.3e}"
+
+
+def _cell(v: float, limit: float) -> str:
+    if not math.isfinite(v):
+        return "nan"
+    return f"{v:+.2f}" if 0.01 <= limit < 1000 else f"{v:+.1e}"
+
+
+def _chip(name: str, value: float, limit: float) -> str:
+    step = palette.level(value, limit) + palette.LEVELS
+    return (
+        f'<span class="tok q{step}" title="{escape(name)}: {_value(value)}">{escape(name)}</span>'
+    )
+
+
+def _rounded(values: list[float]) -> list[float | None]:
+    # Six significant digits are plenty to read and keep the data block of a 1,000 × 100 map
+    # near 1 MB; result.save() keeps every bit.
+    return [float(f"{v:.6g}") if math.isfinite(v) else None for v in values]
+
+
+def default_title(result: LLMAttributionResult) -> str:
+    """``"<method>: <target text>"``, the target cut to 80 characters."""
+    target = "".join(str(t) for t in result.output_tokens)
+    if len(target) > 80:
+        target = target[:79] + "…"
+    return f"{result.method or 'Attribution'}: {target}"
+
+
+def result_section(result: LLMAttributionResult, title: str, anchor: str) -> str:
+    """One result as a ``<section>``: summary, prompt coloured by ``seq_attr``, and the target
+    token × prompt feature heatmap of ``token_attr``."""
+    names = [str(n) for n in result.input_tokens]
+    targets = [str(t) for t in result.output_tokens]
+    seq = _floats(result.seq_attr)
+    probs = _floats(result.output_probs)
+    if len(seq) != len(names):
+        raise ValueError(f"seq_attr has {len(seq)} values for {len(names)} input tokens.")
+    rows: list[list[float]] = []
+    if result.token_attr is not None:
+        grid = as_array(result.token_attr)
+        if grid.ndim != 2 or grid.shape[1] != len(names):
+            raise ValueError(
+                f"token_attr has shape {tuple(grid.shape)}; expected (n_output_tokens, "
+                f"{len(names)})."
+            )
+        rows = [[float(v) for v in row] for row in grid.tolist()]
+    probs += [math.nan] * (len(rows) - len(probs))
+    seq_limit = symmetric_limit(seq)
+    token_limit = symmetric_limit([v for row in rows for v in row])
+
+    total = sum(v for v in seq if math.isfinite(v))
+    parts = [
+        f'<section class="llmattr-result" id="{anchor}"><h2>{escape(title)}</h2>',
+        f'<p class="meta">{escape(result.method or "attribution")} · {len(names)} prompt '
+        f"features · {len(targets)} target tokens · sum of attributions {total:+.4g}</p>",
+    ]
+    if result.info:
+        items = "".join(
+            f"<dt>{escape(k)}</dt><dd>{escape(json.dumps(v, ensure_ascii=False, default=str))}</dd>"
+            for k, v in result.info.items()
+        )
+        parts.append(f'<dl class="info">{items}</dl>')
+    chips = " ".join(_chip(n, v, seq_limit) for n, v in zip(names, seq))
+    parts += [
+        "<h3>Prompt</h3>",
+        legend(seq_limit, "colour: attribution to the whole target", "seq"),
+        f'<div class="prompt">{chips}</div>',
+    ]
+    if rows:
+        parts += [
+            "<h3>Each target token</h3>",
+            legend(
+                token_limit,
+                "hover a cell for its value; click a target token to colour the prompt by it",
+                "tokens",
+            ),
+            _heatmap(names, targets, rows, probs, token_limit),
+        ]
+    data = {
+        "input_tokens": names,
+        "output_tokens": targets,
+        "seq_attr": _rounded(seq),
+        "token_attr": [_rounded(r) for r in rows],
+        "output_probs": _rounded(probs),
+        "seq_limit": seq_limit,
+        "token_limit": token_limit,
+        "levels": palette.LEVELS,
+        "method": result.method,
+    }
+    parts.append(
+        f'<script type="application/json" class="llmattr-data">{script_json(data)}'
+        "</script></section>"
+    )
+    return "".join(parts)
+
+
+def _heatmap(
+    names: list[str], targets: list[str], rows: list[list[float]], probs: list[float], limit: float
+) -> str:
+    compact = len(names) >= COMPACT_FROM
+    head = "".join(
+        f'<th class="col" title="{escape(n)}"><span>{escape(n)}</span></th>' for n in names
+    )
+    body = []
+    for tok, p, row in zip(targets, probs, rows):
+        p_text = f"{p:.4f}" if math.isfinite(p) else "nan"
+        cells = "".join(
+            f'<td class="q{palette.level(v, limit) + palette.LEVELS}">'
+            f"{'' if compact else _cell(v, limit)}</td>"
+            for v in row
+        )
+        body.append(
+            f'<tr><th class="row" title="p={p_text}">{escape(tok)}</th>'
+            f'<th class="prob">{p_text[:5]}</th>{cells}</tr>'
+        )
+    return (
+        f'<div class="heat"><table class="hm{" compact" if compact else ""}">'
+        f'<thead><tr><th class="row">target</th><th class="prob">p</th>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table></div>"
+    )
+
+
+def html_report(
+    results: LLMAttributionResult | Sequence[LLMAttributionResult],
+    path: str | Path | None = None,
+    titles: Sequence[str] | None = None,
+) -> str:
+    """One self-contained HTML page showing one or several LLM attribution results.
+
+    For each result: its prompt features coloured by ``seq_attr`` with a colour legend, and a
+    target-token × prompt-feature heatmap of ``token_attr`` whose cells show their value and the
+    target token's probability on hover. Prompts of thousands of tokens wrap, and their heatmap
+    scrolls under sticky headers with compact cells. Nothing is loaded from the network.
+
+    Args:
+        results: an :class:`~llmattr.LLMAttributionResult` or a sequence of them.
+        path: if given, the page is also written there (UTF-8).
+        titles: one heading per result (default: ``"<method>: <target text>"``).
+
+    Returns:
+        The HTML document.
+    """
+    if hasattr(results, "seq_attr"):
+        items: list[Any] = [results]
+    else:
+        items = list(cast(Sequence[Any], results))
+    if not items:
+        raise ValueError("html_report needs at least one result.")
+    if titles is None:
+        heads = [default_title(r) for r in items]
+    else:
+        heads = [str(t) for t in titles]
+        if len(heads) != len(items):
+            raise ValueError(f"Got {len(heads)} titles for {len(items)} results.")
+    sections = [result_section(r, h, f"llmattr-r{i}") for i, (r, h) in enumerate(zip(items, heads))]
+    if len(items) == 1:
+        doc = page(heads[0], sections[0])
+    else:
+        links = "".join(
+            f'<li><a href="#llmattr-r{i}">{escape(h)}</a></li>' for i, h in enumerate(heads)
+        )
+        name = f"Attribution report ({len(items)} results)"
+        doc = page(name, f"<h1>{escape(name)}</h1><nav><ol>{links}</ol></nav>{''.join(sections)}")
+    if path is not None:
+        Path(path).write_text(doc, encoding="utf-8")
+    return doc
