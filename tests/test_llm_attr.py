@@ -345,13 +345,58 @@ def test_surrogates_run_and_are_seeded(gpt2, tok, method):
     assert a.method == method.__name__
 
 
-@pytest.mark.parametrize("ppe", [1, 2, 5, 64])
+@pytest.mark.parametrize("ppe", [1, 2, 5, 64, None, "auto"])
 def test_independent_of_perturbations_per_eval(gpt2, tok, ppe):
     attr = LLMAttribution(FeatureAblation(gpt2), tok)
     inp = words(WORDS, tok)
-    ref = attr.attribute(inp, target=TARGET)
+    ref = attr.attribute(inp, target=TARGET)  # automatic
     res = attr.attribute(inp, target=TARGET, perturbations_per_eval=ppe)
     assert max_diff(res.token_attr, ref.token_attr) < 1e-5
+
+
+def spy_forwards(model):
+    """Record (rows, cached positions) of every forward of ``model``."""
+    seen: list[tuple[int, int]] = []
+    forward = model.forward
+
+    @functools.wraps(forward)  # keeps the signature: logits_to_keep and cache are still found
+    def spy(*args, **kwargs):
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        past = cache.get_seq_length() if cache is not None else 0
+        seen.append((kwargs["input_ids"].shape[0], past))
+        return forward(*args, **kwargs)
+
+    model.forward = spy
+    return seen
+
+
+@pytest.mark.parametrize("ppe", [None, 1, 3])
+def test_exact_with_prefix_reuse_batching_and_padding(lm, tok, ppe):
+    """GPT-2 and Llama: perturbed prompts of different lengths (padding in the middle), several
+    per forward, on top of the prompt's reused key/value cache, equal the token-by-token replay."""
+    seen = spy_forwards(lm)
+    try:
+        res = LLMAttribution(FeatureAblation(lm), tok).attribute(
+            TextTemplateInput(TEMPLATE, VALUES, baselines=BASELINES), target=TARGET,
+            perturbations_per_eval=ppe,
+        )  # fmt: skip
+    finally:
+        del lm.forward
+    rows = template_reference(lm, tok, ids_of(tok, TARGET, special=False))
+    assert max_diff(res.token_attr, rows) < TOL
+    assert any(past > 0 for _, past in seen)  # the prefix cache was reused
+    assert max(n for n, _ in seen) == (1 if ppe == 1 else 3)  # one row per value
+
+
+@pytest.mark.parametrize("ppe", [0, -1, 2.5, True, "many"])
+def test_bad_perturbations_per_eval(tok, ppe):
+    model = make_lm("gpt2", len(tok))
+    calls = count_forwards(model)
+    with pytest.raises(ValueError, match="perturbations_per_eval"):
+        LLMAttribution(FeatureAblation(model), tok).attribute(
+            TextTokenInput(PROMPT, tok), target=TARGET, perturbations_per_eval=ppe
+        )
+    assert calls[0] == 0
 
 
 # ---- templates: re-tokenized prompts of different lengths ---------------------------------------
@@ -482,8 +527,12 @@ def test_bad_keyword_arguments(tok, kwargs, name):
 
 def test_gradient_errors(tok):
     model = make_lm("gpt2", len(tok))
-    with pytest.raises(ValueError, match="input embedding"):
-        LLMGradientAttribution(LayerIntegratedGradients(model, model.transformer.h[0]), tok)
+    other = make_lm("gpt2", len(tok))
+    for layer in (model.transformer.h[0], model.transformer.wpe):
+        with pytest.raises(ValueError, match="input embedding"):
+            LLMGradientAttribution(LayerIntegratedGradients(model, layer), tok)
+    with pytest.raises(ValueError, match="not a submodule"):  # another model's embedding
+        LayerIntegratedGradients(model, other.get_input_embeddings())
     calls = count_forwards(model)
     attr = LLMGradientAttribution(LayerIntegratedGradients(model, model.get_input_embeddings()),
                                   tok)  # fmt: skip
@@ -616,3 +665,99 @@ def test_gradient_list_and_generation(tok):
         alone = attr.attribute(inp, gen_args={"max_new_tokens": 2})
         assert res.output_tokens == alone.output_tokens and len(res.output_tokens) == 2
         assert max_diff(res.token_attr, alone.token_attr) < 1e-12
+
+
+# ---- bad input: clear errors before any forward -------------------------------------------------
+
+
+def both_wrappers(model, tok):
+    embed = model.get_input_embeddings()
+    return [
+        LLMAttribution(FeatureAblation(model), tok),
+        LLMGradientAttribution(LayerIntegratedGradients(model, embed), tok),
+    ]
+
+
+def test_skip_token_not_in_vocabulary(tok):
+    """A skip token written as a string must be a token of the vocabulary ("Hello" is not one of
+    an uncased WordPiece vocabulary); checked before generating or scoring."""
+    model = make_lm("gpt2", len(tok))
+    calls = count_forwards(model)
+    for attr in both_wrappers(model, tok):
+        for target in (TARGET, None):
+            with pytest.raises(ValueError, match="'Hello' is not a token"):
+                attr.attribute(TextTokenInput(PROMPT, tok), target=target, skip_tokens=["Hello"])
+    assert calls[0] == 0
+
+
+def test_empty_prompt(tok):
+    model = make_lm("gpt2", len(tok))
+    calls = count_forwards(model)
+    with pytest.raises(ValueError, match="prompt is empty"):
+        TextTokenInput("", tok)
+    with pytest.raises(ValueError, match="prompt is empty"):
+        words("", tok)
+    with pytest.raises(ValueError, match="No token of the prompt is a feature"):
+        TextTokenInput("   ", tok)
+    attr = LLMAttribution(FeatureAblation(model), tok)
+    with pytest.raises(ValueError, match="prompt is empty"):
+        attr.attribute(TextTemplateInput("{}", [""], baselines="x"), target=TARGET)
+    with pytest.raises(TypeError, match="TextTokenInput"):
+        attr.attribute(PROMPT, target=TARGET)  # a bare string
+    assert calls[0] == 0
+
+
+def test_target_longer_than_context(tok):
+    model = make_lm("gpt2", len(tok))
+    calls = count_forwards(model)
+    prompt = TextTokenInput(PROMPT, tok)  # 7 tokens: 58 target tokens fit a context of 64
+    fits, too_long = list(range(1000, 1058)), list(range(1000, 1059))
+    for attr in both_wrappers(model, tok):
+        with pytest.raises(ValueError, match="context of 64"):
+            attr.attribute(prompt, target=too_long)
+        with pytest.raises(ValueError, match="max_new_tokens"):
+            attr.attribute(prompt, gen_args={"max_new_tokens": 59})
+    assert calls[0] == 0
+    assert LLMAttribution(FeatureAblation(model), tok).attribute(prompt, target=fits) is not None
+
+
+def test_template_values_must_fill_it(tok):
+    for template, values in [
+        ("{} lives in {}", ["Alice"]),
+        ("{} lives here", ["Alice", "Paris"]),
+        ("{name} lives in {city}", {"name": "Alice"}),
+        ("{name} lives here", {"name": "Alice", "city": "Paris"}),
+    ]:
+        with pytest.raises(ValueError, match=r"value|field"):
+            TextTemplateInput(template, values)
+    ok = TextTemplateInput("{name.title} lives in {city[0]}", {"name": "al", "city": "Rome"})
+    assert ok.n_features == 2
+
+
+def test_special_tokens_in_target_string(gpt2, tok):
+    """No BOS/EOS is added to a target string; a special token written out in it is kept (to
+    explain an end of sequence), as the same ids given directly."""
+    attr = LLMAttribution(FeatureAblation(gpt2), tok)
+    res = attr.attribute(TextTokenInput(PROMPT, tok), target="and then [SEP]")
+    assert res.output_tokens == ["and", "then", "[SEP]"]
+    ids = [tok.vocab["and"], tok.vocab["then"], tok.sep_token_id]
+    by_ids = attr.attribute(TextTokenInput(PROMPT, tok), target=ids)
+    assert max_diff(res.token_attr, by_ids.token_attr) < 1e-6
+
+
+def test_captum_call_forms(gpt2, tok):
+    """Captum's positional order (inp, target, num_trials, gen_args) and its mode switches,
+    which change nothing here: the scorer is exact and reuses the cache in every mode."""
+    attr = LLMAttribution(FeatureAblation(gpt2), tok)
+    inp = TextTokenInput(PROMPT, tok)
+    ref = attr.attribute(inp, target=TARGET)
+    for res in (
+        attr.attribute(inp, TARGET, 1, None, False),
+        attr.attribute(inp, TARGET, forward_in_tokens=False),
+        attr.attribute(inp, TARGET, use_cached_outputs=False, forward_in_tokens=True),
+    ):
+        assert max_diff(res.token_attr, ref.token_attr) < 1e-6
+    generated = attr.attribute(inp, None, 1, {"max_new_tokens": 2})
+    assert len(generated.output_tokens) == 2
+    grad = LLMGradientAttribution(LayerGradientXActivation(gpt2, gpt2.get_input_embeddings()), tok)
+    assert len(grad.attribute(inp, None, {"max_new_tokens": 2}).output_tokens) == 2

@@ -177,7 +177,7 @@ def test_prefix_is_reused(gpt2):
 
     @functools.wraps(forward)
     def spy(*args, **kwargs):
-        cache = kwargs.get("past_key_values")
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
         past = cache.get_seq_length() if cache is not None else 0
         widths.append((past, kwargs["input_ids"].shape[1]))
         return forward(*args, **kwargs)
@@ -235,7 +235,8 @@ def test_out_of_memory_backs_off(gpt2):
     finally:
         del gpt2.forward
     assert failures[0] > 0 and max(seen) <= 2
-    assert sum(seen) >= len(rows) + 1  # the original row, then every perturbed row
+    # the original row, then every perturbed row but the unchanged first one (known already)
+    assert sum(seen) == len(rows)
     assert _max_diff(got, replay_all(gpt2, rows, TARGET)) < TOL
 
 
@@ -250,7 +251,7 @@ def test_other_errors_propagate(gpt2):
     gpt2.forward = broken
     try:
         with pytest.raises(RuntimeError, match="something else broke"):
-            scorer.score([PROMPT])
+            scorer.score(perturbed_rows(PROMPT)[1:2])
     finally:
         del gpt2.forward
 
@@ -364,3 +365,22 @@ def test_model_device_follows_accelerate_hooks():
     assert model_device(offloaded) == torch.device("cpu")
     scorer = Scorer(offloaded, PROMPT, TARGET)
     assert _max_diff(scorer.score([PROMPT])[0], scorer.original) < 1e-5
+
+
+@pytest.mark.parametrize("rows_per_forward", [0, -2, 1.5, True])
+def test_bad_rows_per_forward(gpt2, rows_per_forward):
+    with pytest.raises(ValueError, match="rows_per_forward"):
+        Scorer(gpt2, PROMPT, TARGET, rows_per_forward=rows_per_forward)
+
+
+def test_unperturbed_rows_are_not_scored_again(gpt2):
+    """The original prompt's scores are known from construction: rows equal to it cost no
+    forward (the perturbation engine's first call; Shapley's full coalitions)."""
+    scorer = Scorer(gpt2, PROMPT, TARGET)
+    calls = _count_forwards(gpt2)
+    try:
+        got = scorer.score([PROMPT.clone(), PROMPT.clone()])
+        assert calls[0] == 0
+        assert _max_diff(got, replay_all(gpt2, [PROMPT, PROMPT], TARGET)) < TOL
+    finally:
+        del gpt2.forward

@@ -151,7 +151,9 @@ class TextTokenInput(_TokenFeatures):
         text: the prompt.
         tokenizer: a Hugging Face tokenizer.
         baselines: the replacement token: an id, a one-token string, or None (the pad, else
-            unk, else eos token).
+            unk, else eos token). Every absent token is replaced by exactly one baseline token,
+            so positions never shift; a string of several tokens is an error (use
+            :class:`TextTemplateInput` to replace text by text of another length).
         skip_tokens: tokens (ids or strings) that are never features. Special tokens added by the
             tokenizer (BOS, ...) are skipped unless ``include_special_tokens``.
         include_special_tokens: make special tokens features too.
@@ -294,8 +296,8 @@ def chat_turns(
             "This tokenizer has no chat_template; set tokenizer.chat_template or use words() / "
             "sentences() on plain text."
         )
-    messages = [dict(m) for m in messages]
-    if not messages:
+    chat: list[dict[str, Any]] = [dict(m) for m in messages]
+    if not chat:
         raise ValueError("No messages: the chat has no features.")
     for message in messages:
         if not message.get("content"):
@@ -306,12 +308,12 @@ def chat_turns(
             msgs, tokenize=False, add_generation_prompt=add_generation_prompt
         )
 
-    text = render(messages)
+    text = render(chat)
     # Locate each message by rendering the chat with unique markers in place of the contents:
     # a content that also occurs in the template's markup (a role name, a separator) is then
     # never mistaken for it.
     markers = [f"\ue000{i}\ue001" for i in range(len(messages))]
-    marked = render([{**m, "content": k} for m, k in zip(messages, markers)])
+    marked = render([{**m, "content": k} for m, k in zip(chat, markers)])
     spans: list[tuple[int, int]] = []
     rebuilt, cursor = [], 0
     for marker, message in zip(markers, messages):
@@ -375,9 +377,16 @@ class TextTemplateInput:
         values: the values (a list for positional, a dict for named fields).
         baselines: replacement strings for absent values: one string for all, one per value
             (list or dict), a :class:`ProductBaselines`, or None (the empty string — often out of
-            distribution, see the module docstring).
+            distribution, see the module docstring). A replacement may have any number of
+            tokens: the perturbed prompt is re-tokenized, and prompts of different lengths are
+            scored exactly (padding is masked, positions kept).
         mask: groups values into features: one feature id per value (ids ``0..n-1``).
-        tokenizer: set by :class:`~llmattr.LLMAttribution` (the prompt is re-tokenized).
+
+    Raises:
+        ValueError: when the values do not fill the template (a field without a value, a named
+            value no field uses, or more or fewer positional values than ``{}`` fields).
+
+    :class:`~llmattr.LLMAttribution` sets ``tokenizer`` to the model's.
     """
 
     def __init__(
@@ -389,16 +398,27 @@ class TextTemplateInput:
     ) -> None:
         self.template = template
         self.named = isinstance(values, Mapping)
-        self.keys = list(values.keys()) if isinstance(values, Mapping) else list(range(len(values)))
+        # field names for named values, positions for positional ones
+        self.keys: list[Any] = (
+            list(values) if isinstance(values, Mapping) else list(range(len(values)))
+        )
         self.value_list = list(values.values()) if isinstance(values, Mapping) else list(values)
         self.baselines = baselines
         if isinstance(template, str):
             fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
             expected = len(self.value_list)
             if self.named:
-                missing = [f for f in fields if f not in self.keys]
+                used = [re.split(r"[.\[]", f, maxsplit=1)[0] for f in fields]  # "{a.b}" uses a
+                missing = [f for f in used if f not in self.keys]
                 if missing:
                     raise ValueError(f"The template's fields {missing} have no value.")
+                unused = [k for k in self.keys if k not in used]
+                if unused:
+                    # a value the template never shows would get a zero attribution, silently
+                    raise ValueError(
+                        f"The values {unused} do not appear in the template; every value must "
+                        "fill a field."
+                    )
             elif len(fields) != expected or any(
                 f not in ("", str(i)) for i, f in enumerate(fields)
             ):
@@ -468,7 +488,7 @@ class TextTemplateInput:
         if b is None or isinstance(b, str):
             return [b or ""] * len(self.value_list)
         if isinstance(b, Mapping):
-            return [b.get(k, "") for k in self.keys]  # type: ignore[call-overload]
+            return [b.get(k, "") for k in self.keys]
         if isinstance(b, ProductBaselines):
             self.new_trial()
             assert self._drawn is not None
@@ -491,7 +511,7 @@ class TextTemplateInput:
                 else self.template(**dict(zip(self.keys, filled)))
             )
         if self.named:
-            return self.template.format(**dict(zip(self.keys, filled)))  # type: ignore[arg-type]
+            return self.template.format(**dict(zip(self.keys, filled)))
         return self.template.format(*filled)
 
     def _tokens(self, text: str) -> Tensor:
@@ -504,7 +524,10 @@ class TextTemplateInput:
         )
 
     def prompt_ids(self) -> Tensor:
-        return self._tokens(self.text_for([True] * self.n_features))
+        text = self.text_for([True] * self.n_features)
+        if not text:
+            raise ValueError("The prompt is empty: there is nothing to attribute.")
+        return self._tokens(text)
 
     def perturbed_ids(self, present: Tensor) -> list[Tensor]:
         rows = _presence_rows(present, self.n_features)

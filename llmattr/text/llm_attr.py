@@ -6,21 +6,28 @@ perturbed prompt with the :class:`~llmattr.text.scorer.Scorer` (one teacher-forc
 target tokens, the shared prefix's key/value cache reused). ``LLMGradientAttribution`` runs
 integrated gradients, gradient × activation or GradientShap in the embedding space, with one
 forward per evaluation point shared by every target token.
+
+Both size their work from memory, so long prompts run in chunks rather than out of memory:
+perturbed prompts per forward (``perturbations_per_eval``) and path points per forward
+(``internal_batch_size``) default to what fits (see :func:`~llmattr.text.scorer.rows_that_fit`),
+and a forward that still runs out of memory is retried with half as many rows. Logits are only
+computed at the target positions, and the backward passes of the target tokens run one after
+another over one shared forward, so memory holds one forward's graph at a time.
 """
 
 from __future__ import annotations
 
 import copy
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
 from .._core.base import Attribution
-from .._core.batching import run_in_chunks
+from .._core.batching import ChunkSize, check_chunk_size, run_in_chunks
 from .._core.hooks import registered
 from .._core.layers import LayerCut
 from ..attr.ablation import FeatureAblation
@@ -29,9 +36,9 @@ from ..attr.layer import LayerGradientXActivation, LayerIntegratedGradients
 from ..attr.layer_path import LayerGradientShap
 from ..attr.lime import KernelShap, Lime
 from ..attr.shapley import ShapleyValues, ShapleyValueSampling
-from .inputs import TextTemplateInput, _TokenFeatures
+from .inputs import TextTemplateInput, _skip_token_id, _TokenFeatures
 from .result import LLMAttributionResult
-from .scorer import Scorer, model_device
+from .scorer import Scorer, check_context, model_device, rows_that_fit
 
 __all__ = ["LLMAttribution", "LLMGradientAttribution"]
 
@@ -40,6 +47,7 @@ _PERTURBATION = (FeatureAblation, ShapleyValueSampling, ShapleyValues, Lime, Ker
 _GRADIENT = (LayerIntegratedGradients, LayerGradientXActivation, LayerGradientShap)
 # arguments of the wrapped method that LLMAttribution sets itself
 _SET_BY_US = frozenset({"target", "baselines", "feature_mask", "additional_forward_args"})
+PROMPTS_PER_CALL = 256  # perturbed prompts handed to the scorer at once when sized automatically
 
 
 def _pad_id(tokenizer: Any) -> int:
@@ -59,13 +67,19 @@ def _target_ids(
     skip_tokens: Sequence[int | str] | None,
 ) -> Tensor:
     """The target's token ids: encoded without special tokens when a string, generated greedily
-    when None (``gen_args`` go to ``generate``)."""
+    when None (``gen_args`` go to ``generate``); ``skip_tokens`` are dropped from it.
+
+    Skip tokens and the generation length are checked before anything runs."""
+    skip = {_skip_token_id(tokenizer, s) for s in skip_tokens or ()}
     if target is None:
         args = {"max_new_tokens": 25, "do_sample": False, **(gen_args or {})}
         args.setdefault("pad_token_id", _pad_id(tokenizer))
+        new = args.get("max_new_tokens")
+        if isinstance(new, int):
+            check_context(model, prompt.numel(), new, what="max_new_tokens")
         device = model_device(model)
         with torch.no_grad():
-            out = model.generate(
+            out = model.generate(  # type: ignore[operator]
                 prompt.unsqueeze(0).to(device),
                 attention_mask=torch.ones(1, prompt.numel(), dtype=torch.long, device=device),
                 **args,
@@ -73,15 +87,12 @@ def _target_ids(
         is_ed = bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
         ids = out[0, 1:] if is_ed else out[0, prompt.numel() :]
     elif isinstance(target, str):
-        # no BOS/EOS: the target is exactly the continuation written (a special token written
-        # out in the string, e.g. "</s>", is kept as that token)
+        # No BOS/EOS: the target is exactly the continuation written. A special token written
+        # out in the string (e.g. "</s>") is kept as that token, so an EOS can be explained.
         ids = torch.tensor(tokenizer.encode(target, add_special_tokens=False), dtype=torch.long)
     else:
         ids = torch.as_tensor(target, dtype=torch.long).reshape(-1)
-    if skip_tokens:
-        skip = {
-            s if isinstance(s, int) else tokenizer.convert_tokens_to_ids(s) for s in skip_tokens
-        }
+    if skip:
         ids = ids[torch.tensor([int(i) not in skip for i in ids.tolist()], dtype=torch.bool)]
     if ids.numel() == 0:
         raise ValueError("The target is empty (after skipping tokens); nothing to explain.")
@@ -132,48 +143,100 @@ class LLMAttribution(Attribution):
         self,
         inp: TextInput | Sequence[TextInput],
         target: str | Tensor | Sequence[int] | None = None,
-        skip_tokens: Sequence[int | str] | None = None,
         num_trials: int = 1,
         gen_args: dict[str, Any] | None = None,
+        use_cached_outputs: bool = True,
+        *,
+        forward_in_tokens: bool = True,
+        skip_tokens: Sequence[int | str] | None = None,
         foil: str | Tensor | Sequence[int] | None = None,
+        perturbations_per_eval: int | str | None = None,
         **kwargs: Any,
     ) -> LLMAttributionResult | list[LLMAttributionResult]:
         """Attribute the target (generated when None) to the features of ``inp``.
 
+        The positional order is Captum's. Every argument is checked, and the prompt, target and
+        context length validated, before the model runs.
+
         Args:
             inp: a text input (``TextTokenInput``, ``TextTemplateInput``, ``words(...)``, ...),
                 or a list of them (one result each).
-            target: the continuation to explain: a string (tokenized without special tokens),
-                token ids, or None to generate greedily with ``gen_args``.
-            skip_tokens: target tokens to leave out (ids or strings).
+            target: the continuation to explain: a string, token ids, or None to generate
+                greedily with ``gen_args``. A string is tokenized without special tokens (no
+                BOS/EOS is added, so the target is exactly the text written); a special token
+                written out in it (``"</s>"``) stays, to explain an end of sequence.
+            skip_tokens: target tokens to leave out: ids, or token strings of the vocabulary
+                (as ``tokenizer.tokenize`` spells them; any other string is an error).
             num_trials: repeat with fresh baselines (``ProductBaselines``) and average.
             gen_args: arguments of ``model.generate`` when ``target`` is None.
+            use_cached_outputs: accepted for Captum compatibility; changes nothing.
+            forward_in_tokens: accepted for Captum compatibility; changes nothing. Captum's two
+                modes (token by token, or one teacher-forced forward) should agree but do not
+                under transformers 5; the scorer gives the token-by-token numbers, fast.
             foil: a contrastive alternative: attribute ``log p(target) - log p(foil)``.
-            **kwargs: arguments of the wrapped method (``perturbations_per_eval``,
-                ``n_samples``, ``show_progress``, ``generator``, ...).
+            perturbations_per_eval: most perturbed prompts scored in one model forward. None or
+                ``"auto"`` (default): chosen from memory — on CUDA from the free memory and the
+                model's per-row cost, on the CPU at most 8 — and halved on out-of-memory.
+                Results do not depend on it.
+            **kwargs: other arguments of the wrapped method (``n_samples``,
+                ``show_progress``, ``generator``, ...); a name it does not take is an error.
 
         Returns:
             An :class:`LLMAttributionResult` (a list for a list of inputs).
         """
-        if isinstance(inp, list | tuple):
-            return [
-                self.attribute(i, target, skip_tokens, num_trials, gen_args, foil, **kwargs)  # type: ignore[misc]
-                for i in inp
-            ]
+        if isinstance(inp, str):
+            raise TypeError(
+                "Wrap the prompt in a text input: TextTokenInput(prompt, tokenizer), "
+                "words(prompt, tokenizer), TextTemplateInput(template, values), ..."
+            )
+        del use_cached_outputs, forward_in_tokens  # the scorer is exact and cached in any case
+        args = (target, skip_tokens, num_trials, gen_args, foil, perturbations_per_eval, kwargs)
+        if not isinstance(inp, _TokenFeatures | TextTemplateInput):
+            return [self._attribute_one(i, *args) for i in inp]
+        return self._attribute_one(inp, *args)
+
+    def _attribute_one(
+        self,
+        inp: TextInput,
+        target: str | Tensor | Sequence[int] | None,
+        skip_tokens: Sequence[int | str] | None,
+        num_trials: int,
+        gen_args: dict[str, Any] | None,
+        foil: str | Tensor | Sequence[int] | None,
+        perturbations_per_eval: int | str | None,
+        kwargs: dict[str, Any],
+    ) -> LLMAttributionResult:
+        if not isinstance(inp, _TokenFeatures | TextTemplateInput):
+            raise TypeError(
+                "LLMAttribution takes TextTokenInput, TextTemplateInput, TextSpanInput (words(), "
+                f"sentences(), chat_turns()) or a list of them, got {type(inp).__name__}."
+            )
         _check_kwargs(self.attr_method, kwargs, set())
         for bad in sorted(_SET_BY_US):
             if bad in kwargs:
                 raise TypeError(f"{bad} is set by LLMAttribution; do not pass it.")
+        if perturbations_per_eval in (None, "auto"):
+            # the scorer sizes each forward from memory; it regroups what it is handed by
+            # shared prefix, so handing it many prompts at once costs nothing
+            rows_per_forward = None
+            prompts_per_call = PROMPTS_PER_CALL
+        else:
+            ppe = perturbations_per_eval
+            if isinstance(ppe, bool) or not isinstance(ppe, int) or ppe < 1:
+                raise ValueError(
+                    f"perturbations_per_eval must be a positive int, None or 'auto', got {ppe!r}."
+                )
+            rows_per_forward = prompts_per_call = ppe
         if isinstance(inp, TextTemplateInput):
             inp.tokenizer = self.tokenizer
         prompt = inp.prompt_ids()
         target_ids = _target_ids(self.model, self.tokenizer, prompt, target, gen_args, skip_tokens)
         pad = _pad_id(self.tokenizer)
-        scorer = Scorer(self.model, prompt, target_ids, pad)
+        scorer = Scorer(self.model, prompt, target_ids, pad, rows_per_forward)
         foil_scorer = None
         if foil is not None:
             foil_ids = _target_ids(self.model, self.tokenizer, prompt, foil, None, skip_tokens)
-            foil_scorer = Scorer(self.model, prompt, foil_ids, pad)
+            foil_scorer = Scorer(self.model, prompt, foil_ids, pad, rows_per_forward)
         prob = self.attr_target == "prob"
 
         def forward(presence: Tensor) -> Tensor:
@@ -187,12 +250,14 @@ class LLMAttribution(Attribution):
 
         method = copy.copy(self.attr_method)
         method.forward_func = forward
-        kwargs.setdefault("perturbations_per_eval", min(inp.n_features, 64))
         trials = []
         for _ in range(max(int(num_trials), 1)):
             if isinstance(inp, TextTemplateInput):
                 inp.new_trial()
-            trials.append(method.attribute(inp.to_tensor(), baselines=0.0, **kwargs))
+            out = method.attribute(  # type: ignore[attr-defined]
+                inp.to_tensor(), baselines=0.0, perturbations_per_eval=prompts_per_call, **kwargs
+            )
+            trials.append(cast(Tensor, out))
         attr = torch.stack(trials).mean(0)[0]  # (1 + K, n_features)
         info: dict[str, Any] = {}
         if foil_scorer is not None:
@@ -238,8 +303,8 @@ class LLMGradientAttribution(Attribution):
                 f"{type(model).__name__} share its input embedding); use LLMAttribution with a "
                 "perturbation method for encoder-decoder models."
             )
-        embedding = model.get_input_embeddings()
-        layer = attr_method.layer  # type: ignore[attr-defined]
+        embedding, _ = _embedding_layers(model)
+        layer = attr_method.layer
         if layer is not embedding:
             raise ValueError(
                 f"LLMGradientAttribution attributes through the input embedding; the method's "
@@ -256,26 +321,46 @@ class LLMGradientAttribution(Attribution):
         self,
         inp: _TokenFeatures | Sequence[_TokenFeatures],
         target: str | Tensor | Sequence[int] | None = None,
-        skip_tokens: Sequence[int | str] | None = None,
         gen_args: dict[str, Any] | None = None,
+        *,
+        skip_tokens: Sequence[int | str] | None = None,
         **kwargs: Any,
     ) -> LLMAttributionResult | list[LLMAttributionResult]:
         """Attribute every target token to the features of ``inp``.
 
+        Every argument is checked, and the prompt, target and context length validated, before
+        the model runs.
+
         Args:
             inp: a token-level text input (``TextTokenInput``, ``words(...)``, ...) or a list.
-            target: the continuation (string, ids, or None to generate with ``gen_args``).
-            skip_tokens: target tokens to leave out.
+            target: the continuation (string, ids, or None to generate with ``gen_args``); a
+                string is tokenized without special tokens, as in :meth:`LLMAttribution.attribute`.
+            skip_tokens: target tokens to leave out (ids, or token strings of the vocabulary).
             gen_args: arguments of ``model.generate``.
             **kwargs: the method's arguments: ``n_steps``, ``method``, ``internal_batch_size``
-                (IntegratedGradients), ``n_samples``, ``stdevs`` (GradientShap).
+                (LayerIntegratedGradients), ``n_samples``, ``stdevs``, ``internal_batch_size``
+                (LayerGradientShap). ``internal_batch_size`` None or ``"auto"`` (default)
+                evaluates as many path points per forward as fit in memory (on the CPU within a
+                2 GiB budget) and halves on out-of-memory, so long prompts run in chunks; an int
+                fixes it. Results do not depend on it. Any other name is an error.
 
         Returns:
             An :class:`LLMAttributionResult`; ``token_attr`` rows sum (with the non-feature
             tokens, whose baseline is themselves) to each target token's log-probability change.
         """
         if isinstance(inp, list | tuple):
-            return [self.attribute(i, target, skip_tokens, gen_args, **kwargs) for i in inp]  # type: ignore[misc]
+            return [self._attribute_one(i, target, skip_tokens, gen_args, kwargs) for i in inp]
+        return self._attribute_one(inp, target, skip_tokens, gen_args, kwargs)
+
+    def _attribute_one(
+        self,
+        inp: Any,
+        target: str | Tensor | Sequence[int] | None,
+        skip_tokens: Sequence[int | str] | None,
+        gen_args: dict[str, Any] | None,
+        kwargs: dict[str, Any],
+    ) -> LLMAttributionResult:
+        kwargs = dict(kwargs)
         if not isinstance(inp, _TokenFeatures):
             raise TypeError(
                 "LLMGradientAttribution needs token-level features (TextTokenInput, words(), "
@@ -292,8 +377,14 @@ class LLMGradientAttribution(Attribution):
                 f"{type(self.attr_method).__name__} in LLMGradientAttribution does not accept "
                 f"{unknown}; it takes {sorted(allowed)}."
             )
+        ibs = kwargs.pop("internal_batch_size", None)
+        if ibs is not None and ibs != "auto":
+            check_chunk_size(ibs, "internal_batch_size")
         prompt = inp.prompt_ids()
         target_ids = _target_ids(self.model, self.tokenizer, prompt, target, gen_args, skip_tokens)
+        # the unperturbed probabilities; the scorer also checks the context before any forward
+        pad = _pad_id(self.tokenizer)
+        scorer = Scorer(self.model, prompt, target_ids, pad, rows_per_forward=1, reuse_prefix=False)
         device = model_device(self.model)
         ids = torch.cat([prompt, target_ids[:-1]]).unsqueeze(0).to(device)
         base_ids = torch.cat([inp.baseline_ids, target_ids[:-1]]).unsqueeze(0).to(device)
@@ -302,14 +393,12 @@ class LLMGradientAttribution(Attribution):
             [inp.feature_of_token < 0, torch.ones(target_ids.numel() - 1, dtype=torch.bool)]
         )
         base_ids[0, fixed.to(device)] = ids[0, fixed.to(device)]
-        per_token = self._embedding_attributions(ids, base_ids, target_ids.to(device), kwargs)
+        per_token = self._embedding_attributions(ids, base_ids, target_ids.to(device), ibs, kwargs)
         L = prompt.numel()
-        # (K, L): summed over the embedding; float64 models keep their precision
-        scores = per_token[:, :L].sum(-1).cpu()
+        scores = per_token[:, :L].cpu()  # (K, L); float64 models keep their precision
         feature = inp.feature_of_token
         token_attr = torch.zeros(target_ids.numel(), inp.n_features, dtype=scores.dtype)
         token_attr.index_add_(1, feature[feature >= 0], scores[:, feature >= 0])
-        scorer = Scorer(self.model, prompt, target_ids, _pad_id(self.tokenizer), reuse_prefix=False)
         return LLMAttributionResult(
             seq_attr=token_attr.sum(0),
             token_attr=token_attr,
@@ -320,10 +409,20 @@ class LLMGradientAttribution(Attribution):
         )
 
     def _embedding_attributions(
-        self, ids: Tensor, base_ids: Tensor, target: Tensor, kwargs: dict[str, Any]
+        self,
+        ids: Tensor,
+        base_ids: Tensor,
+        target: Tensor,
+        internal_batch_size: ChunkSize,
+        kwargs: dict[str, Any],
     ) -> Tensor:
-        """``(K, L + K - 1, hidden)``: per target token, the attribution of every embedding."""
-        embedding = self.model.get_input_embeddings()
+        """``(K, L + K - 1)``: per target token, the attribution of every position's embedding,
+        summed over the embedding dimension.
+
+        ``internal_batch_size`` None or ``"auto"`` evaluates as many points per forward as fit
+        in memory (:func:`~llmattr.text.scorer.rows_that_fit`), halving on out-of-memory.
+        """
+        embedding, head = _embedding_layers(self.model)
         cut = LayerCut(self.model, [embedding])
         with torch.no_grad():
             e_x = embedding(ids)[0]
@@ -345,8 +444,7 @@ class LLMGradientAttribution(Attribution):
             weights = torch.full((n,), 1.0 / n, dtype=torch.float64)
             starts = e_b.expand(n, *e_b.shape)
             ends = e_x + sd * torch.randn((n, *e_x.shape), dtype=e_x.dtype, device=e_x.device)
-        K = target.numel()
-        head = self.model.get_output_embeddings()
+        K, width = target.numel(), ids.shape[1]
         keep = "logits_to_keep" in inspect.signature(self.model.forward).parameters
         captured: dict[str, Tensor] = {}
 
@@ -356,7 +454,7 @@ class LLMGradientAttribution(Attribution):
         acc = torch.promote_types(e_x.dtype, torch.float32)  # half models sum in float32
 
         def evaluate(start: int, end: int) -> Tensor:
-            part = torch.zeros(K, *e_x.shape, dtype=acc, device=e_x.device)
+            part = torch.zeros(K, width, dtype=acc, device=e_x.device)
             a = alphas[start:end].to(e_x.dtype).to(e_x.device).view(-1, 1, 1)
             diff = ends[start:end] - starts[start:end]
             w = weights[start:end].to(e_x.dtype).to(e_x.device).view(-1, 1, 1)
@@ -369,21 +467,48 @@ class LLMGradientAttribution(Attribution):
                 logits = out.logits[:, -K:].to(acc)
                 hidden = captured.get("h")
                 per_position = (
-                    hidden is not None
+                    head is not None
+                    and hidden is not None
                     and hidden.shape[1] >= K
                     and torch.allclose(head(hidden[:, -K:].detach()).to(acc), logits.detach(),
                                        rtol=1e-4, atol=1e-5)
                 )  # fmt: skip
                 for k in range(K):  # one shared forward, then one backward per target token
                     if per_position:
+                        assert head is not None and hidden is not None
                         # only this position's output layer enters the backward
-                        z = head(hidden[:, hidden.shape[1] - K + k]).to(acc)  # type: ignore[index]
+                        z = head(hidden[:, hidden.shape[1] - K + k]).to(acc)
                     else:
                         z = logits[:, k]
                     logp = z.gather(-1, target[k].view(1, 1).expand(end - start, 1))[:, 0]
                     logp = logp - torch.logsumexp(z, -1)
                     (g,) = torch.autograd.grad(logp.sum(), points, retain_graph=k < K - 1)
-                    part[k] = (g * diff * w).sum(0).to(acc)
+                    part[k] = (g * diff * w).to(acc).sum((0, 2))
             return part
 
-        return sum(run_in_chunks(len(alphas), kwargs.get("internal_batch_size"), evaluate))
+        n_points = len(alphas)
+        if internal_batch_size is not None and internal_batch_size != "auto":
+            return torch.stack(run_in_chunks(n_points, internal_batch_size, evaluate)).sum(0)
+        # sized from memory: a long prompt runs a few points per forward instead of failing
+        size = rows_that_fit(self.model, width, width, K if keep else width, grad=True,
+                             cpu_rows=None)  # fmt: skip
+        parts: list[Tensor] = []
+        for first in range(0, n_points, size):
+            last = min(first + size, n_points)
+            parts += run_in_chunks(last - first, "auto", partial(_shifted, evaluate, first))
+        return torch.stack(parts).sum(0)
+
+
+def _shifted(evaluate: Callable[[int, int], Tensor], offset: int, start: int, end: int) -> Tensor:
+    return evaluate(offset + start, offset + end)
+
+
+def _embedding_layers(model: nn.Module) -> tuple[nn.Module, nn.Module | None]:
+    """The model's input embedding and its output layer (None when it has none)."""
+    get_embedding = getattr(model, "get_input_embeddings", None)
+    if not callable(get_embedding):
+        raise TypeError(f"{type(model).__name__} has no get_input_embeddings().")
+    embedding = get_embedding()
+    get_head = getattr(model, "get_output_embeddings", None)
+    head = get_head() if callable(get_head) else None
+    return cast(nn.Module, embedding), cast(nn.Module | None, head)
