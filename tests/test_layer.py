@@ -140,6 +140,34 @@ def test_lig_completeness_and_delta(smooth: Smooth, xb, layer_name: str) -> None
     torch.testing.assert_close(delta, row_sum(attrs) - want_gap, rtol=0, atol=1e-13)
 
 
+class Skip(nn.Module):
+    """f(x) = fc2(tanh(fc1(x))) + skip(x): the skip route bypasses fc1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(4, 6)
+        self.fc2 = nn.Linear(6, 3)
+        self.skip = nn.Linear(4, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(torch.tanh(self.fc1(x))) + self.skip(x)
+
+
+def test_lig_applies_the_baseline_at_the_layer_when_a_route_bypasses_it(xb) -> None:
+    # documented: the attributions sum to f(x) - g(a(b)), g = the model on x with the layer's
+    # activation replaced; the skip route still sees x, so that is not f(x) - f(b)
+    model = Skip().double()
+    x, b = xb
+    attrs, delta = LayerIntegratedGradients(model, model.fc1).attribute(
+        x, b, 1, n_steps=40, return_convergence_delta=True
+    )
+    with torch.no_grad():
+        at_layer = model.fc2(torch.tanh(model.fc1(x))) - model.fc2(torch.tanh(model.fc1(b)))
+    torch.testing.assert_close(row_sum(attrs), at_layer[:, 1], rtol=0, atol=1e-11)
+    torch.testing.assert_close(delta, row_sum(attrs) - at_layer[:, 1], rtol=0, atol=1e-13)
+    assert (row_sum(attrs) - gap(model, x, b, 1)).abs().min() > 1e-3
+
+
 def test_lig_delta_is_the_gap_when_not_converged(xb) -> None:
     # ReLU kinks and 3 left-Riemann steps: far from complete; the delta must say by how much
     model = MLP(4, 8, 2).double()

@@ -626,3 +626,179 @@ def test_data_parallel_model_on_cpu() -> None:
     torch.testing.assert_close(attrs.sum(1), gap, rtol=0, atol=1e-9)
     torch.testing.assert_close(delta, attrs.sum(1) - gap, rtol=0, atol=1e-12)
     assert_no_hooks(dp)
+
+
+def test_data_parallel_model_on_cpu_with_path_and_neuron_methods() -> None:
+    # without GPUs DataParallel just calls its module: every method works unchanged
+    model = MLP().double()
+    dp = nn.DataParallel(model)
+    assert dp.device_ids == [] or len(dp.device_ids) == 1
+    x, b = torch.randn(4, 6, dtype=F64), torch.randn(4, 6, dtype=F64)
+    pairs = [
+        (
+            LayerConductance(dp, dp.module.fc2).attribute(x, b, target=1, n_steps=8),
+            LayerConductance(model, model.fc2).attribute(x, b, target=1, n_steps=8),
+        ),
+        (
+            LayerGradientXActivation(dp, dp.module.fc1, device_ids=None).attribute(x, target=0),
+            LayerGradientXActivation(model, model.fc1).attribute(x, target=0),
+        ),
+        (
+            NeuronIntegratedGradients(dp, dp.module.fc2).attribute(x, 3, b, n_steps=8),
+            NeuronIntegratedGradients(model, model.fc2).attribute(x, 3, b, n_steps=8),
+        ),
+    ]
+    for got, want in pairs:
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert_no_hooks(dp)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda m: LayerIntegratedGradients(m, m.fc2, device_ids=[0, 1]),
+        lambda m: LayerConductance(m, m.fc2, device_ids=[0, 1]),
+        lambda m: NeuronGradient(m, m.fc2, device_ids=[0, 1]),
+    ],
+    ids=["LayerIntegratedGradients", "LayerConductance", "NeuronGradient"],
+)
+def test_several_device_ids_are_refused_at_construction(make) -> None:
+    with pytest.raises(NotImplementedError, match=r"DataParallel.*model\.module"):
+        make(MLP())
+
+
+def test_data_parallel_on_several_devices_is_refused_at_construction() -> None:
+    model = MLP()
+    dp = nn.DataParallel(model)
+    dp.device_ids = [0, 1]  # what DataParallel holds on a machine with two GPUs
+    with pytest.raises(NotImplementedError, match=r"Linear.*device_ids=\[0, 1\].*model\.module"):
+        LayerIntegratedGradients(dp, dp.module.fc2)
+    with pytest.raises(NotImplementedError, match=r"model\.module"):
+        NeuronIntegratedGradients(lambda x: dp(x), dp.module.fc2, device_ids=[0, 1])
+    # through the wrapped model, as the message says
+    LayerIntegratedGradients(dp.module, dp.module.fc2)
+
+
+class Replicated(nn.Module):
+    """Runs ``fc2`` through a replica, as DataParallel does on several GPUs: the replica is a
+    copy of the module that carries the original's hooks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(4, 5)
+        self.fc2 = nn.Linear(5, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        replica = self.fc2._replicate_for_data_parallel()
+        replica.weight, replica.bias = self.fc2.weight, self.fc2.bias
+        return replica(torch.tanh(self.fc1(x)))
+
+
+@pytest.mark.parametrize(
+    "run",
+    [
+        lambda m, x: LayerIntegratedGradients(m, m.fc2).attribute(x, target=0, n_steps=3),
+        lambda m, x: LayerConductance(m, m.fc2).attribute(x, target=0, n_steps=3),
+        lambda m, x: LayerActivation(m, m.fc2).attribute(x),
+        lambda m, x: NeuronGradient(m, m.fc2).attribute(x, 1),
+    ],
+    ids=["LayerIntegratedGradients", "LayerConductance", "LayerActivation", "NeuronGradient"],
+)
+def test_hook_firing_in_a_replica_is_refused(run, grad_calls) -> None:
+    model = Replicated().double()
+    with pytest.raises(NotImplementedError, match=r"replicas.*model\.module"):
+        run(model, torch.randn(2, 4, dtype=F64))
+    assert grad_calls == []
+    assert_no_hooks(model)
+
+
+# --- layers with integer outputs ----------------------------------------------------------------
+
+
+class Tokens(nn.Module):
+    """Maps features to token ids (an integer output), like a tokenizer inside the model."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x > 0).long().cumsum(1)
+
+
+class TokenNet(nn.Module):
+    """x → ids = tokens(x) → embedding → sum, plus a direct linear route from x."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tokens = Tokens()
+        self.emb = nn.Embedding(8, 3)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.emb(self.tokens(x)).sum(1) + self.fc(x)
+
+
+@pytest.mark.parametrize(
+    "run",
+    [
+        lambda m, x: LayerIntegratedGradients(m, m.tokens).attribute(x, target=0, n_steps=3),
+        lambda m, x: LayerConductance(m, m.tokens).attribute(x, target=0, n_steps=3),
+        lambda m, x: InternalInfluence(m, m.tokens).attribute(x, target=0, n_steps=3),
+        lambda m, x: LayerGradientXActivation(m, m.tokens).attribute(x, target=0),
+        lambda m, x: LayerGradCam(m, m.tokens).attribute(x, target=0),
+        lambda m, x: LayerGradientShap(m, m.tokens).attribute(x, torch.zeros_like(x), target=0),
+        lambda m, x: LayerDeepLift(m, m.tokens).attribute(x, target=0),
+        lambda m, x: NeuronGradient(m, m.tokens).attribute(x, 1),
+        lambda m, x: NeuronIntegratedGradients(m, m.tokens).attribute(x, 1, n_steps=3),
+        lambda m, x: NeuronConductance(m, m.tokens).attribute(x, 1, target=0, n_steps=3),
+    ],
+    ids=[
+        "LayerIntegratedGradients", "LayerConductance", "InternalInfluence",
+        "LayerGradientXActivation", "LayerGradCam", "LayerGradientShap", "LayerDeepLift",
+        "NeuronGradient", "NeuronIntegratedGradients", "NeuronConductance",
+    ],
+)  # fmt: skip
+def test_integer_layer_output_is_refused_for_gradients(run, grad_calls) -> None:
+    model = TokenNet().double()
+    x = torch.randn(2, 4, dtype=F64)
+    with pytest.raises(TypeError, match=r"tokens.*torch\.int64.*floating.*embedding"):
+        run(model, x)
+    assert grad_calls == []
+    assert_no_hooks(model)
+
+
+def test_integer_layer_output_is_fine_without_gradients() -> None:
+    model = TokenNet().double()
+    x = torch.randn(2, 4, dtype=F64)
+    ids = LayerActivation(model, model.tokens).attribute(x)
+    assert ids.dtype == torch.long
+    torch.testing.assert_close(ids, model.tokens(x))
+    # the embedding layer that consumes the ids is the one to attribute to
+    attrs, delta = LayerIntegratedGradients(model, model.emb).attribute(
+        x, target=0, n_steps=3, return_convergence_delta=True
+    )
+    assert attrs.shape == (2, 4, 3)
+    assert delta.abs().max() < 1e-12  # the embedding is linear in its output: exact
+
+
+# --- in-place operations after the cut ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "run",
+    [
+        lambda m, x, b: LayerIntegratedGradients(m, m[0]).attribute(x, b, 1, n_steps=5),
+        lambda m, x, b: LayerIntegratedGradients(m, m[1]).attribute(
+            x, b, 1, n_steps=5, attribute_to_layer_input=True
+        ),
+        lambda m, x, b: LayerConductance(m, m[0]).attribute(x, b, 1, n_steps=5),
+        lambda m, x, b: InternalInfluence(m, m[0]).attribute(x, b, 1, n_steps=5),
+        lambda m, x, b: LayerGradientXActivation(m, m[0]).attribute(x, 1),
+        lambda m, x, b: LayerDeepLift(m, m[0]).attribute(x, b, 1),
+    ],
+    ids=["LayerIntegratedGradients", "LayerIntegratedGradients-input", "LayerConductance",
+         "InternalInfluence", "LayerGradientXActivation", "LayerDeepLift"],
+)  # fmt: skip
+def test_in_place_operation_after_the_layer(run) -> None:
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)).double()
+    in_place = nn.Sequential(plain[0], nn.ReLU(inplace=True), plain[2])
+    x, b = torch.randn(3, 4, dtype=F64), torch.randn(3, 4, dtype=F64)
+    torch.testing.assert_close(run(in_place, x, b), run(plain, x, b), rtol=0, atol=0)

@@ -401,13 +401,6 @@ def test_interpretable_embedding_passthrough_llama_matches_layer_ig() -> None:
     assert_untouched(model, flags)
 
 
-@pytest.mark.xfail(
-    raises=TypeError,
-    strict=True,
-    reason="BUG: InterpretableEmbedding.forward raises TypeError when called with several "
-    "keyword arguments; Captum returns the first one, which is what BertModel's "
-    "self.embeddings(input_ids=..., position_ids=..., ...) call needs (Captum's BERT tutorial).",
-)
 def test_interpretable_embedding_on_whole_bert_embeddings_module() -> None:
     """Captum's BERT tutorial: replace ``bert.embeddings`` (word + position + token type +
     LayerNorm) and pass the precomputed embeddings as ``input_ids``."""
@@ -440,6 +433,8 @@ def test_interpretable_embedding_forward_passes_its_input_through() -> None:
     assert ie(x) is x
     assert ie(x, "ignored", also="ignored") is x
     assert ie(embeds=x) is x
+    # keywords only (BertModel calls its embeddings module so): the first keyword's value
+    assert ie(input_ids=x, position_ids=None, token_type_ids=torch.zeros(2, 4)) is x
     with pytest.raises(TypeError):
         ie()
     ids = torch.tensor([[1, 4]])

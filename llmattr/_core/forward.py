@@ -11,7 +11,7 @@ from torch import Tensor
 from .batching import ChunkSize, run_in_chunks
 from .targets import Target
 
-__all__ = ["accumulate_gradients", "gradients", "run_forward"]
+__all__ = ["accumulate_gradients", "add_rows", "gradients", "run_forward"]
 
 
 def run_forward(
@@ -54,6 +54,28 @@ def gradients(
         tuple(torch.zeros_like(x) if g is None else g for g, x in zip(grads, leaves)),
         out.detach(),
     )
+
+
+def add_rows(total: Tensor, examples: Tensor, part: Tensor) -> None:
+    """``total[examples[r]] += part[r]`` for every row ``r``.
+
+    Rows that run over the examples in order, whole batches at a time (the step-major layout of
+    a path: row ``step * batch + example``), are summed as a ``(steps, batch, ...)`` view:
+    ``index_add_`` scatters element by element on CPU and costs several times more.
+
+    Args:
+        total: ``(batch, ...)``, updated in place.
+        examples: ``(rows,)`` long tensor, the example of each row (on any device).
+        part: ``(rows, ...)``.
+    """
+    batch, rows = total.shape[0], len(examples)
+    if rows % batch == 0 and torch.equal(
+        examples.view(-1, batch),
+        torch.arange(batch, device=examples.device).expand(rows // batch, batch),
+    ):
+        total.add_(part.reshape(rows // batch, batch, *part.shape[1:]).sum(0))
+    else:
+        total.index_add_(0, examples.to(part.device), part)
 
 
 def accumulate_gradients(
@@ -101,11 +123,10 @@ def accumulate_gradients(
 
     def fold(start: int, end: int) -> None:
         parts = evaluate(start, end)
-        idx = row_examples[start:end].to(parts[0].device)
         if not totals:
             totals.extend(p.new_zeros((call.batch, *p.shape[1:])) for p in parts)
         for total, part in zip(totals, parts):
-            total.index_add_(0, idx, part)
+            add_rows(total, row_examples[start:end], part)
 
     run_in_chunks(len(row_examples), chunk_size, fold, name=name)
     return tuple(totals)

@@ -25,7 +25,15 @@ from torch import Tensor, nn
 from .hooks import registered
 from .targets import Target
 
-__all__ = ["LayerCut", "NeuronSelector", "neuron_function", "neuron_index", "select_neuron"]
+__all__ = [
+    "LayerCut",
+    "NeuronSelector",
+    "check_device_ids",
+    "check_layers",
+    "neuron_function",
+    "neuron_index",
+    "select_neuron",
+]
 
 NeuronSelector = int | tuple[int | slice, ...] | Callable[[Any], Tensor]
 
@@ -67,6 +75,42 @@ def check_layers(model: Any, layers: Sequence[nn.Module]) -> None:
                 )
 
 
+def _replicas_message(where: str) -> str:
+    return (
+        f"Layer {where} runs in torch.nn.DataParallel replicas on several devices, each on a "
+        "slice of the batch; layer and neuron attribution does not gather activations from "
+        "replicas. Attribute through the wrapped model instead: pass `model.module` (and "
+        "layers reached from it) on one device; to use several GPUs, split the inputs between "
+        "processes (e.g. with accelerate)."
+    )
+
+
+def check_device_ids(
+    forward_func: Any, layers: Sequence[nn.Module], device_ids: Sequence[int] | None
+) -> None:
+    """Refuse, before any work, layers that would run in DataParallel replicas on several
+    devices.
+
+    A DataParallel model on CPU or on one device just calls its module, and works unchanged.
+    ``device_ids`` (Captum's argument, for a forward function that wraps a DataParallel model)
+    naming several devices is refused for the same reason; a replica met during a forward is
+    refused too (see :class:`LayerCut`).
+    """
+    if device_ids is not None and len(device_ids) > 1:
+        raise NotImplementedError(_replicas_message(f"with device_ids={list(device_ids)}"))
+    if not isinstance(forward_func, nn.Module):
+        return
+    for module in forward_func.modules():
+        if isinstance(module, nn.DataParallel) and len(module.device_ids) > 1:
+            inside = {id(m) for m in module.modules()}
+            for layer in layers:
+                if id(layer) in inside:
+                    name = type(layer).__name__
+                    raise NotImplementedError(
+                        _replicas_message(f"{name} (device_ids={module.device_ids})")
+                    )
+
+
 class LayerCut:
     """The model seen from one or several layers.
 
@@ -90,6 +134,9 @@ class LayerCut:
         seen: set[int] = set()
 
         def hook(index: int, module: nn.Module, args: tuple[Any, ...], output: Any = None) -> Any:
+            if module is not self.layers[index]:
+                # a copy carrying our hook: a DataParallel replica, running on part of the batch
+                raise NotImplementedError(_replicas_message(self._describe(self.layers[index])))
             if index in seen:
                 return None
             seen.add(index)
@@ -179,6 +226,19 @@ class LayerCut:
                     "tensor to attribute to."
                 )
 
+    def check_floating(self, index: int, tensors: Sequence[Tensor]) -> None:
+        """Refuse an activation that cannot be differentiated (e.g. token ids)."""
+        for t in tensors:
+            if not t.is_floating_point():
+                where = "positional inputs" if self.to_input else "output"
+                raise TypeError(
+                    f"The {where} of layer {self._describe(self.layers[index])} is a {t.dtype} "
+                    "tensor, and gradient methods need floating-point activations to "
+                    "differentiate. Choose a layer with a floating output instead; for token "
+                    "ids, the embedding layer that consumes them (e.g. "
+                    "model.get_input_embeddings())."
+                )
+
     def gradients(
         self, inputs: tuple[Any, ...], target: Target, args: tuple[Any, ...] = ()
     ) -> tuple[list[tuple[Tensor, ...]], list[tuple[Tensor, ...]], Tensor]:
@@ -194,15 +254,20 @@ class LayerCut:
         acts: dict[int, tuple[Tensor, ...]] = {}
 
         def as_leaves(index: int, value: Any) -> Any:
-            # activation + a zero leaf: the leaf's gradient is the activation's. The first layer
-            # to run needs nothing upstream, so its activation is detached; later ones keep
-            # their graph, so an earlier layer's gradient still flows through them.
             tensors = _tensors_of(value)
-            first = not acts
+            self.check_floating(index, tensors)
+            if not acts:
+                # the first layer to run needs nothing upstream: its activation becomes the
+                # leaf, and the forward goes on with a copy (so that in-place operations
+                # downstream cannot touch a leaf that requires grad)
+                leaves[index] = tuple(t.detach().requires_grad_() for t in tensors)
+                acts[index] = tuple(leaf.detach() for leaf in leaves[index])
+                return _with_tensors(value, [leaf.clone() for leaf in leaves[index]])
+            # a later layer keeps its graph, so an earlier layer's gradient still flows through
+            # it: activation + a zero leaf, whose gradient is the activation's
             acts[index] = tuple(t.detach() for t in tensors)
             leaves[index] = tuple(torch.zeros_like(t, requires_grad=True) for t in tensors)
-            new = [(t.detach() if first else t) + z for t, z in zip(tensors, leaves[index])]
-            return _with_tensors(value, new)
+            return _with_tensors(value, [t + z for t, z in zip(tensors, leaves[index])])
 
         with torch.enable_grad(), registered(*self._registrations(as_leaves)):
             output = self.forward_func(*inputs, *args)
@@ -223,9 +288,11 @@ class LayerCut:
 
         def swap(index: int, value: Any) -> Any:
             done.add(index)
+            # a leaf that requires grad goes on as a copy: an in-place operation downstream
+            # (e.g. ReLU(inplace=True)) would otherwise be refused by autograd
+            new = [v.clone() if v.is_leaf and v.requires_grad else v for v in values[index]]
             if self.to_input:
-                return _with_tensors(value, values[index])
-            new = values[index]
+                return _with_tensors(value, new)
             old = _tensors_of(value)
             for a, b in zip(old, new):
                 if a.shape != b.shape:
@@ -316,13 +383,17 @@ def neuron_function(
     layer: nn.Module,
     selector: NeuronSelector,
     to_input: bool = False,
+    floating: bool = False,
 ) -> Callable[..., Tensor]:
     """``h(*inputs, *args)``: the selected neuron's value per example, ``(batch,)``; the forward
-    stops as soon as the layer has run."""
+    stops as soon as the layer has run. With ``floating`` (gradient methods), an integer
+    activation is refused with a TypeError."""
     cut = LayerCut(forward_func, [layer], to_input)
 
     def h(*args: Any) -> Tensor:
         (activation,), _ = cut.activations(args, grad=torch.is_grad_enabled())
+        if floating:
+            cut.check_floating(0, activation)
         return select_neuron(activation, selector)
 
     return h

@@ -16,7 +16,7 @@ from .._core.forward import accumulate_gradients
 from .._core.inputs import BaselineType, TensorOrTuple, format_baselines
 from .._core.targets import TargetType
 
-__all__ = ["IntegratedGradients", "Method", "step_rule"]
+__all__ = ["IntegratedGradients", "Method", "StraightPath", "path_rows", "step_rule"]
 
 Method = Literal[
     "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre"
@@ -55,6 +55,63 @@ def _cached_step_rule(method: str, n_steps: int) -> tuple[Tensor, Tensor]:
             "riemann_middle, riemann_trapezoid, gausslegendre."
         )
     return (i + offsets[method]) / n, torch.full((n,), 1.0 / n, dtype=torch.float64)
+
+
+def path_rows(alphas: Tensor, base: Tensor, diff: Tensor, start: int, end: int) -> Tensor:
+    """Rows ``[start, end)`` of the straight path ``base + α (x - base)``, where row ``r`` is
+    step ``r // batch`` of example ``r % batch``.
+
+    The steps the rows touch are built at once as ``(steps, batch, ...)`` from broadcast
+    products of whole (contiguous) tensors and then sliced: no per-row index gathers, which
+    on CPU cost more than the arithmetic itself.
+
+    Args:
+        alphas: ``(n_steps,)`` positions on the path.
+        base: ``(batch, ...)`` path starts (an expanded view is fine).
+        diff: ``(batch, ...)`` ``x - base``.
+        start, end: the rows wanted.
+
+    Returns:
+        ``(end - start, ...)`` in ``diff``'s dtype and device.
+    """
+    batch = diff.shape[0]
+    first, last = start // batch, (end - 1) // batch + 1
+    steps = alphas[first:last].to(device=diff.device, dtype=diff.dtype)
+    rows = (steps.view(-1, *([1] * diff.dim())) * diff).add_(base)
+    offset = first * batch
+    return rows.view(-1, *diff.shape[1:])[start - offset : end - offset]
+
+
+class StraightPath:
+    """Rows ``step * batch + example`` of the straight input-space path from the baselines to
+    the inputs; every chunk of rows is a plain slice.
+
+    Args:
+        batch: number of examples.
+        inputs: the ``(batch, ...)`` inputs.
+        bases: the baselines, each of its input's shape.
+        alphas: ``(n_points,)`` positions on the path.
+    """
+
+    def __init__(
+        self, batch: int, inputs: tuple[Tensor, ...], bases: tuple[Tensor, ...], alphas: Tensor
+    ) -> None:
+        self.alphas = alphas
+        self.bases = bases
+        self.diffs = tuple(x - b for x, b in zip(inputs, bases))
+        self.row_steps = torch.arange(len(alphas)).repeat_interleave(batch)
+        self.row_examples = torch.arange(batch).repeat(len(alphas))
+
+    def per_row(self, values: Tensor, start: int, end: int, like: Tensor) -> Tensor:
+        """``values[step of row]`` for rows ``[start, end)``, shaped to broadcast over ``like``."""
+        v = values[self.row_steps[start:end]].to(device=like.device, dtype=like.dtype)
+        return v.reshape(-1, *([1] * (like.dim() - 1)))
+
+    def points(self, start: int, end: int) -> tuple[Tensor, ...]:
+        """The inputs at rows ``[start, end)``."""
+        return tuple(
+            path_rows(self.alphas, b, d, start, end) for b, d in zip(self.bases, self.diffs)
+        )
 
 
 class IntegratedGradients(GradientAttribution):
@@ -115,31 +172,17 @@ class IntegratedGradients(GradientAttribution):
         call = Call.of(inputs, target, additional_forward_args, gradient_method=self.get_name())
         bases = format_baselines(baselines, call.inputs)
         alphas, weights = step_rule(method, n_steps)
-        batch = call.batch
-        # row r = step (r // batch) of example (r % batch): every chunk is a plain slice
-        row_steps = torch.arange(n_steps).repeat_interleave(batch)
-        row_examples = torch.arange(batch).repeat(n_steps)
-        diffs = tuple(x - b for x, b in zip(call.inputs, bases))
-
-        def per_row(values: Tensor, start: int, end: int, like: Tensor) -> Tensor:
-            v = values[row_steps[start:end]].to(device=like.device, dtype=like.dtype)
-            return v.reshape(-1, *([1] * (like.dim() - 1)))
-
-        def points(start: int, end: int) -> tuple[Tensor, ...]:
-            ex = row_examples[start:end]
-            return tuple(
-                b[ex.to(b.device)] + per_row(alphas, start, end, d) * d[ex.to(d.device)]
-                for b, d in zip(bases, diffs)
-            )
+        path = StraightPath(call.batch, call.inputs, bases, alphas)
 
         def contribution(start: int, end: int, grads: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-            return tuple(g * per_row(weights, start, end, g) for g in grads)
+            return tuple(g * path.per_row(weights, start, end, g) for g in grads)
 
         integrated = accumulate_gradients(
-            self.forward_func, call, row_examples, points, contribution, internal_batch_size
-        )
+            self.forward_func, call, path.row_examples, path.points, contribution,
+            internal_batch_size,
+        )  # fmt: skip
         attrs = (
-            tuple(g * d for g, d in zip(integrated, diffs))
+            tuple(g * d for g, d in zip(integrated, path.diffs))
             if self._multiply_by_inputs
             else integrated
         )
@@ -147,9 +190,10 @@ class IntegratedGradients(GradientAttribution):
         if not return_convergence_delta:
             return result
         delta_attrs = (
-            attrs if self._multiply_by_inputs else tuple(g * d for g, d in zip(integrated, diffs))
+            attrs
+            if self._multiply_by_inputs
+            else tuple(g * d for g, d in zip(integrated, path.diffs))
         )
-
         delta = self.compute_convergence_delta(
             delta_attrs, bases, call.inputs, call.target, call.args, internal_batch_size
         )

@@ -9,6 +9,12 @@ FeatureAblation of the activation, and so on. The methods whose path stays in in
 ``layer`` may be one module or, for the layer-space methods, a list of modules: every layer is
 then attributed independently and the results come back as a list. A layer whose activation is
 a tuple gives a tuple of attributions.
+
+``device_ids`` is accepted for Captum compatibility. A ``torch.nn.DataParallel`` model on CPU or
+on one device just calls its module and works unchanged; replicas on several devices (the hooks
+would fire in each, on a slice of the batch) are refused with a NotImplementedError, at
+construction when the model or ``device_ids`` shows them, else at the first forward: attribute
+through ``model.module`` instead.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from .._core.inputs import (
     format_baselines,
     per_example_sum,
 )
-from .._core.layers import LayerCut
+from .._core.layers import LayerCut, check_device_ids
 from .._core.targets import TargetType
 from .ablation import FeatureAblation, FeaturePermutation
 from .backprop import GuidedBackprop
@@ -68,6 +74,7 @@ class _Layer(LayerAttribution):
         super().__init__(forward_func, layer, device_ids)  # type: ignore[arg-type]
         self._multiply_by_inputs = multiply_by_inputs
         LayerCut(forward_func, self._layers())  # validates before any work
+        check_device_ids(forward_func, self._layers(), device_ids)
 
     @property
     def multiplies_by_inputs(self) -> bool:
@@ -147,10 +154,18 @@ class LayerGradientXActivation(_Layer):
 class LayerIntegratedGradients(_Layer):
     """Integrated gradients in a layer's activation space.
 
-    The path runs straight from the layer's activation at the baselines to its activation at the
-    inputs, so the attributions of each example sum to ``f(x) - f(baselines)`` (the delta
-    reports the gap). On an embedding layer this attributes token-id inputs, which cannot be
-    differentiated: sum the result over the embedding dimension for one score per token.
+    Let ``g(a)`` be the model run on the inputs ``x`` with the layer's activation replaced by
+    ``a``. The path runs straight from ``a(baselines)`` to ``a(x)`` and the attributions are
+    IntegratedGradients of ``g`` along it, so each example's attributions sum to
+    ``g(a(x)) - g(a(baselines))`` up to the quadrature error (the delta reports the gap).
+    ``g(a(x)) = f(x)``; ``g(a(baselines)) = f(baselines)`` when the output depends on the inputs
+    only through the layer (e.g. a layer every path crosses, or the embedding of the only input
+    whose baseline differs). Otherwise the baseline is applied *at the layer*: routes that bypass
+    it (another input, a skip connection around it) still see ``x``, and completeness holds for
+    ``f(x) - g(a(baselines))``.
+
+    On an embedding layer this attributes token-id inputs, which cannot be differentiated: sum
+    the result over the embedding dimension for one score per token.
 
     Args:
         forward_func: the model or forward function.
@@ -184,8 +199,9 @@ class LayerIntegratedGradients(_Layer):
             additional_forward_args: extra forward arguments.
             n_steps, method, internal_batch_size: as for
                 :class:`~llmattr.IntegratedGradients`.
-            return_convergence_delta: also return the completeness gap per example (a list,
-                one per layer, for a list of layers).
+            return_convergence_delta: also return the completeness gap per example,
+                ``sum(attributions) - (f(x) - g(a(baselines)))`` (a list, one per layer, for a
+                list of layers).
             attribute_to_layer_input: attribute to the layer's inputs.
 
         Returns:
@@ -198,6 +214,7 @@ class LayerIntegratedGradients(_Layer):
         deltas: list[Tensor] = []
         for cut in self._cuts(attribute_to_layer_input):
             (at_x,), _ = cut.activations(call.inputs, call.args)
+            cut.check_floating(0, at_x)
             (at_b,), _ = cut.activations(bases, call.args)
             ig = IntegratedGradients(cut.function([len(at_x)]), self._multiply_by_inputs)
             out = ig.attribute(

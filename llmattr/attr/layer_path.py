@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from .._core.base import GradientAttribution
-from .._core.batching import ChunkSize, run_in_chunks
+from .._core.batching import ChunkSize
 from .._core.call import Call
 from .._core.forward import accumulate_gradients
 from .._core.inputs import (
@@ -27,7 +27,7 @@ from .._core.perturbation import check_positive_int
 from .._core.targets import TargetType
 from .deeplift import _custom_attributions, deeplift_multipliers
 from .gradient_shap import Draws, expected_gradients, noise_stdevs
-from .integrated_gradients import step_rule
+from .integrated_gradients import StraightPath, step_rule
 from .layer import LayerResult, _form, _Layer
 
 __all__ = [
@@ -72,7 +72,8 @@ class InternalInfluence(_Layer):
         call = Call.of(inputs, target, additional_forward_args, gradient_method=self.get_name())
         (cut,) = self._cuts(attribute_to_layer_input)
         alphas, weights = step_rule(method, n_steps)
-        path = _InputPath(call, format_baselines(baselines, call.inputs), alphas)
+        bases = format_baselines(baselines, call.inputs)
+        path = StraightPath(call.batch, call.inputs, bases, alphas)
 
         def contribution(start: int, end: int, grads: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
             return tuple(g * path.per_row(weights, start, end, g) for g in grads)
@@ -84,27 +85,11 @@ class InternalInfluence(_Layer):
         return _form([totals], False)
 
 
-class _InputPath:
-    """Rows ``step * batch + example`` of the straight path ``b + α (x - b)`` in input space."""
-
-    def __init__(self, call: Call, bases: tuple[Tensor, ...], alphas: Tensor) -> None:
-        batch = call.batch
-        self.alphas = alphas
-        self.bases = bases
-        self.diffs = tuple(x - b for x, b in zip(call.inputs, bases))
-        self.row_steps = torch.arange(len(alphas)).repeat_interleave(batch)
-        self.row_examples = torch.arange(batch).repeat(len(alphas))
-
-    def per_row(self, values: Tensor, start: int, end: int, like: Tensor) -> Tensor:
-        v = values[self.row_steps[start:end]].to(device=like.device, dtype=like.dtype)
-        return v.reshape(-1, *([1] * (like.dim() - 1)))
-
-    def points(self, start: int, end: int) -> tuple[Tensor, ...]:
-        ex = self.row_examples[start:end]
-        return tuple(
-            b[ex.to(b.device)] + self.per_row(self.alphas, start, end, d) * d[ex.to(d.device)]
-            for b, d in zip(self.bases, self.diffs)
-        )
+def _panel(out: Tensor, g: Tensor, g_prev: Tensor, a: Tensor, a_prev: Tensor) -> None:
+    """``out = (g + g_prev) (a - a_prev)``: twice the trapezoid rule on one panel of the path
+    (the caller halves the sum, which is exact)."""
+    if len(out):
+        torch.add(g, g_prev, out=out).mul_(a - a_prev)
 
 
 def _layer_grads(cut: LayerCut) -> Callable[..., tuple[Tensor, ...]]:
@@ -161,39 +146,53 @@ class LayerConductance(_Layer, GradientAttribution):
         bases = format_baselines(baselines, call.inputs)
         nodes, _ = step_rule(method, n_steps)
         partition = torch.unique(torch.cat([nodes, torch.tensor([0.0, 1.0], dtype=nodes.dtype)]))
-        path = _InputPath(call, bases, partition)
-        batch, n_points = call.batch, len(partition)
-        acts: list[Tensor] = []
+        path = StraightPath(call.batch, call.inputs, bases, partition)
+        batch = call.batch
+        # one pass: each chunk's gradients and activations at the layer; the trapezoid panel
+        # between points s-1 and s (rows r-batch and r) is credited at row r, so the last
+        # `batch` rows of the previous chunks are carried over
+        carry: list[tuple[Tensor, Tensor]] = []
 
-        def activations(start: int, end: int) -> None:
-            _, args = call.for_rows(path.row_examples[start:end])
-            (at,), _ = cut.activations(path.points(start, end), args)
-            if len(at) != 1:
+        def grad_fn(
+            points: tuple[Tensor, ...], tgt: Any, args: tuple[Any, ...]
+        ) -> tuple[Tensor, ...]:
+            (grads,), (acts,), _ = cut.gradients(points, tgt, args)
+            if len(grads) != 1:
                 raise TypeError("LayerConductance needs a layer whose activation is one tensor.")
-            acts.append(at[0])
+            return grads[0], acts[0]
 
-        run_in_chunks(n_points * batch, internal_batch_size, activations)
-        along = torch.cat(acts)  # (points * batch, ...) activations along the path
+        def contribution(start: int, end: int, pair: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+            g, a = pair
+            prev_g, prev_a = carry[0] if carry else (g[:0], a[:0])
+            first = start - len(prev_g)  # the row prev_g[0] stands for
+            part = torch.empty_like(g)
+            lo = max(start, min(batch, end))  # rows of point 0 (below `batch`) end no panel
+            mid = min(end, start + batch)  # rows from here on find row r - batch in this chunk
+            part[: lo - start].zero_()
+            _panel(
+                part[lo - start : mid - start], g[lo - start : mid - start],
+                prev_g[lo - batch - first : mid - batch - first], a[lo - start : mid - start],
+                prev_a[lo - batch - first : mid - batch - first],
+            )  # fmt: skip
+            _panel(
+                part[mid - start :], g[mid - start :], g[mid - batch - start : end - batch - start],
+                a[mid - start :], a[mid - batch - start : end - batch - start],
+            )  # fmt: skip
+            if end - start >= batch:
+                carry[:] = [(g[-batch:].clone(), a[-batch:].clone())]
+            else:
+                carry[:] = [(torch.cat([prev_g, g])[-batch:], torch.cat([prev_a, a])[-batch:])]
+            return (part,)
 
-        def contribution(start: int, end: int, grads: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-            rows = torch.arange(start, end)
-            step, example = rows // batch, rows % batch
-            nxt = step.clamp(max=n_points - 2) + 1
-            prv = (step - 1).clamp(min=0)
-            # trapezoid rule: point s weighs its gradient by half the activation change
-            # from the previous to the next point
-            change = along[nxt * batch + example] - along[prv * batch + example]
-            return (grads[0] * change * 0.5,)
-
-        (cond,) = accumulate_gradients(
+        (twice,) = accumulate_gradients(
             self.forward_func, call, path.row_examples, path.points, contribution,
-            internal_batch_size, grad_fn=_layer_grads(cut),
+            internal_batch_size, grad_fn=grad_fn,
         )  # fmt: skip
+        cond = twice.mul_(0.5)
         if not return_convergence_delta:
             return cond
         delta = self.compute_convergence_delta(cond, bases, call.inputs, call.target, call.args)
         return cond, delta
-
 
 
 class LayerGradientShap(_Layer):

@@ -25,6 +25,7 @@ from .._core.inputs import BaselineType, TensorOrTuple, format_baselines
 from .._core.layers import (
     LayerCut,
     NeuronSelector,
+    check_device_ids,
     check_layers,
     neuron_function,
     neuron_index,
@@ -35,8 +36,7 @@ from .ablation import FeatureAblation
 from .backprop import Deconvolution, GuidedBackprop
 from .deeplift import DeepLift, DeepLiftShap
 from .gradient_shap import GradientShap
-from .integrated_gradients import IntegratedGradients, step_rule
-from .layer_path import _InputPath
+from .integrated_gradients import IntegratedGradients, StraightPath, step_rule
 
 __all__ = [
     "NeuronConductance",
@@ -61,14 +61,17 @@ class _Neuron(NeuronAttribution):
     ) -> None:
         super().__init__(forward_func, layer, device_ids)
         check_layers(forward_func, [layer])
+        check_device_ids(forward_func, [layer], device_ids)
         self._multiply_by_inputs = multiply_by_inputs
 
     @property
     def multiplies_by_inputs(self) -> bool:
         return self._multiply_by_inputs
 
-    def _neuron(self, selector: NeuronSelector, to_input: bool) -> Callable[..., Tensor]:
-        return neuron_function(self.forward_func, self.layer, selector, to_input)  # type: ignore[arg-type]
+    def _neuron(
+        self, selector: NeuronSelector, to_input: bool, floating: bool = True
+    ) -> Callable[..., Tensor]:
+        return neuron_function(self.forward_func, self.layer, selector, to_input, floating)  # type: ignore[arg-type]
 
 
 class NeuronGradient(_Neuron):
@@ -179,7 +182,7 @@ class NeuronFeatureAblation(_Neuron):
         perturbations_per_eval: int = 1,
     ) -> TensorOrTuple:
         """Attributions shaped like ``inputs``; arguments as for FeatureAblation."""
-        h = self._neuron(neuron_selector, attribute_to_neuron_input)
+        h = self._neuron(neuron_selector, attribute_to_neuron_input, floating=False)
         return FeatureAblation(h).attribute(
             inputs, baselines, None, additional_forward_args, feature_mask, perturbations_per_eval
         )
@@ -314,7 +317,7 @@ class NeuronConductance(_Neuron):
         call = Call.of(inputs, target, additional_forward_args, gradient_method=self.get_name())
         bases = format_baselines(baselines, call.inputs)
         alphas, weights = step_rule(method, n_steps)
-        path = _InputPath(call, bases, alphas)
+        path = StraightPath(call.batch, call.inputs, bases, alphas)
         cut = LayerCut(self.forward_func, [self.layer], attribute_to_neuron_input)  # type: ignore[list-item]
         index = neuron_index(neuron_selector)
 
@@ -324,6 +327,7 @@ class NeuronConductance(_Neuron):
             with torch.enable_grad():
                 leaves = tuple(p.detach().requires_grad_() for p in points)
                 (acts,), output = cut.activations(leaves, args, stop_early=False, grad=True)
+                cut.check_floating(0, acts)
                 act = acts[0]
                 select_neuron(acts, neuron_selector)  # validates the selector before any backward
                 selected = tgt.select(output, act.shape[0])

@@ -44,10 +44,13 @@ class InterpretableEmbedding(nn.Module):
         self.embedding_dim = getattr(embedding, "embedding_dim", None)
 
     def forward(self, *inputs: Any, **kwargs: Any) -> Any:
-        """Return the (embedding) input unchanged; extra arguments are ignored."""
+        """Return the embeddings passed in unchanged: the first positional argument or, when
+        called with keywords only, the first keyword's value (``BertModel`` calls its
+        embeddings module as ``self.embeddings(input_ids=..., position_ids=..., ...)``, so the
+        precomputed embeddings go in as ``input_ids``). Other arguments are ignored."""
         if inputs:
             return inputs[0]
-        if len(kwargs) == 1:
+        if kwargs:
             return next(iter(kwargs.values()))
         raise TypeError("InterpretableEmbedding expects the embeddings as its first argument.")
 
