@@ -265,12 +265,15 @@ def build_cases(captum_attr: Any, llmattr: Any) -> list[Case]:
 
 
 # ------------------------------------------------------------------------------------- measuring
+CLOCK: Callable[[], float] = time.perf_counter  # --clock cpu: time.process_time
+
+
 def _run(fn: Callable[[], Any], seed: int | None) -> tuple[Any, float]:
     if seed is not None:
         torch.manual_seed(seed)
-    start = time.perf_counter()
+    start = CLOCK()
     out = fn()
-    return out, time.perf_counter() - start
+    return out, CLOCK() - start
 
 
 def time_case(case: Case, warmup: int, repeat: int) -> tuple[float, float, Any, Any]:
@@ -305,9 +308,9 @@ def forward_floor(case: Case, warmup: int, repeat: int) -> float:
         forwards()
     times = []
     for _ in range(repeat):
-        start = time.perf_counter()
+        start = CLOCK()
         forwards()
-        times.append(time.perf_counter() - start)
+        times.append(CLOCK() - start)
     return statistics.median(times)
 
 
@@ -347,7 +350,16 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="add a column: the model's forwards alone (llmattr's inputs replayed), a lower bound",
     )
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall time (default) or this process's CPU time, steadier on a loaded machine "
+        "(meaningful with --threads 1)",
+    )
     args = parser.parse_args(argv)
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     repeat = args.repeat if args.repeat is not None else (3 if args.quick else 9)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
     if repeat < 1 or warmup < 0:
@@ -361,7 +373,8 @@ def main(argv: list[str] | None = None) -> None:
 
     print(
         f"torch {torch.__version__}, captum {captum.__version__}, llmattr {llmattr.__version__}; "
-        f"{torch.get_num_threads()} threads; median of {repeat} runs after {warmup} warm-up"
+        f"{torch.get_num_threads()} threads; median of {repeat} runs after {warmup} warm-up; "
+        f"{args.clock} clock"
     )
     print()
     header = "| case | captum (ms) | llmattr (ms) | ratio | max\\|diff\\| |"
