@@ -16,7 +16,8 @@ from .inputs import (
     sentences,
     words,
 )
-from .llm_attr import LLMAttribution, LLMGradientAttribution
+from .llm_attr import LLMAttribution
+from .llm_gradient import LLMGradientAttribution
 from .result import LLMAttributionResult
 from .scorer import Scorer
 

@@ -1,0 +1,271 @@
+"""Gradient LLM attribution: integrated gradients, gradient × activation or GradientShap in a
+Hugging Face model's input-embedding space, with one forward per evaluation point shared by every
+target token (each target position backpropagates only its own output layer).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any, cast
+
+import torch
+from torch import Tensor, nn
+
+from .._core.base import Attribution
+from .._core.batching import ChunkSize, check_chunk_size, run_in_chunks
+from .._core.hooks import registered
+from .._core.layers import LayerCut
+from ..attr.integrated_gradients import step_rule
+from ..attr.layer import LayerGradientXActivation, LayerIntegratedGradients
+from ..attr.layer_path import LayerGradientShap
+from .inputs import _TokenFeatures
+from .llm_attr import _pad_id, _target_ids
+from .result import LLMAttributionResult
+from .scorer import Scorer, model_device, rows_that_fit
+
+__all__ = ["LLMGradientAttribution"]
+
+_GRADIENT = (LayerIntegratedGradients, LayerGradientXActivation, LayerGradientShap)
+
+
+class LLMGradientAttribution(Attribution):
+    """Gradient-based attribution of a language model's output to its prompt's tokens/features.
+
+    The method works in the embedding space: the prompt's embeddings move from the baseline's
+    (the baseline token at every feature position) to the prompt's; target tokens stay fixed.
+    Every evaluation point runs one forward for all target tokens, then one backward each.
+    It supports decoder-only models (an encoder-decoder shares its embedding between its two
+    halves: use :class:`LLMAttribution` for those). A float64 model gets float64 attributions.
+
+    Args:
+        attr_method: LayerIntegratedGradients, LayerGradientXActivation or LayerGradientShap on
+            the model's input embedding layer.
+        tokenizer: the model's tokenizer.
+    """
+
+    def __init__(self, attr_method: Attribution, tokenizer: Any) -> None:
+        if not isinstance(attr_method, _GRADIENT):
+            raise TypeError(
+                "LLMGradientAttribution takes LayerIntegratedGradients, LayerGradientXActivation "
+                f"or LayerGradientShap, got {type(attr_method).__name__}."
+            )
+        model = attr_method.forward_func
+        if not isinstance(model, nn.Module) or not hasattr(model, "get_input_embeddings"):
+            raise TypeError("The attribution method must be built on a transformers model.")
+        if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
+            raise ValueError(
+                "LLMGradientAttribution supports decoder-only models (the encoder and decoder of "
+                f"{type(model).__name__} share its input embedding); use LLMAttribution with a "
+                "perturbation method for encoder-decoder models."
+            )
+        embedding, _ = _embedding_layers(model)
+        layer = attr_method.layer
+        if layer is not embedding:
+            raise ValueError(
+                f"LLMGradientAttribution attributes through the input embedding; the method's "
+                f"layer is {type(layer).__name__}, not model.get_input_embeddings() "
+                f"({type(embedding).__name__}). Build it as "
+                f"{type(attr_method).__name__}(model, model.get_input_embeddings())."
+            )
+        super().__init__(model)
+        self.model = model
+        self.attr_method = attr_method
+        self.tokenizer = tokenizer
+
+    def attribute(
+        self,
+        inp: _TokenFeatures | Sequence[_TokenFeatures],
+        target: str | Tensor | Sequence[int] | None = None,
+        gen_args: dict[str, Any] | None = None,
+        *,
+        skip_tokens: Sequence[int | str] | None = None,
+        **kwargs: Any,
+    ) -> LLMAttributionResult | list[LLMAttributionResult]:
+        """Attribute every target token to the features of ``inp``.
+
+        Every argument is checked, and the prompt, target and context length validated, before
+        the model runs.
+
+        Args:
+            inp: a token-level text input (``TextTokenInput``, ``words(...)``, ...) or a list.
+            target: the continuation (string, ids, or None to generate with ``gen_args``); a
+                string is tokenized without special tokens, as in :meth:`LLMAttribution.attribute`.
+            skip_tokens: target tokens to leave out (ids, or token strings of the vocabulary).
+            gen_args: arguments of ``model.generate``.
+            **kwargs: the method's arguments: ``n_steps``, ``method``, ``internal_batch_size``
+                (LayerIntegratedGradients), ``n_samples``, ``stdevs``, ``internal_batch_size``
+                (LayerGradientShap). ``internal_batch_size`` None or ``"auto"`` (default)
+                evaluates as many path points per forward as fit in memory (on the CPU within a
+                2 GiB budget) and halves on out-of-memory, so long prompts run in chunks; an int
+                fixes it. Results do not depend on it. Any other name is an error.
+
+        Returns:
+            An :class:`LLMAttributionResult`; ``token_attr`` rows sum (with the non-feature
+            tokens, whose baseline is themselves) to each target token's log-probability change.
+        """
+        if isinstance(inp, list | tuple):
+            return [self._attribute_one(i, target, skip_tokens, gen_args, kwargs) for i in inp]
+        return self._attribute_one(inp, target, skip_tokens, gen_args, kwargs)
+
+    def _attribute_one(
+        self,
+        inp: Any,
+        target: str | Tensor | Sequence[int] | None,
+        skip_tokens: Sequence[int | str] | None,
+        gen_args: dict[str, Any] | None,
+        kwargs: dict[str, Any],
+    ) -> LLMAttributionResult:
+        kwargs = dict(kwargs)
+        if not isinstance(inp, _TokenFeatures):
+            raise TypeError(
+                "LLMGradientAttribution needs token-level features (TextTokenInput, words(), "
+                "sentences(), chat_turns()); a template changes the prompt's tokens."
+            )
+        allowed = {
+            LayerIntegratedGradients: {"n_steps", "method", "internal_batch_size"},
+            LayerGradientXActivation: set(),
+            LayerGradientShap: {"n_samples", "stdevs", "internal_batch_size"},
+        }[type(self.attr_method)]  # type: ignore[index]
+        unknown = sorted(set(kwargs) - allowed)
+        if unknown:
+            raise TypeError(
+                f"{type(self.attr_method).__name__} in LLMGradientAttribution does not accept "
+                f"{unknown}; it takes {sorted(allowed)}."
+            )
+        ibs = kwargs.pop("internal_batch_size", None)
+        if ibs is not None and ibs != "auto":
+            check_chunk_size(ibs, "internal_batch_size")
+        prompt = inp.prompt_ids()
+        target_ids = _target_ids(self.model, self.tokenizer, prompt, target, gen_args, skip_tokens)
+        # the unperturbed probabilities; the scorer also checks the context before any forward
+        pad = _pad_id(self.tokenizer)
+        scorer = Scorer(self.model, prompt, target_ids, pad, rows_per_forward=1, reuse_prefix=False)
+        device = model_device(self.model)
+        ids = torch.cat([prompt, target_ids[:-1]]).unsqueeze(0).to(device)
+        base_ids = torch.cat([inp.baseline_ids, target_ids[:-1]]).unsqueeze(0).to(device)
+        # non-feature prompt tokens (BOS, ...) keep their own embedding: no attribution
+        fixed = torch.cat(
+            [inp.feature_of_token < 0, torch.ones(target_ids.numel() - 1, dtype=torch.bool)]
+        )
+        base_ids[0, fixed.to(device)] = ids[0, fixed.to(device)]
+        per_token = self._embedding_attributions(ids, base_ids, target_ids.to(device), ibs, kwargs)
+        L = prompt.numel()
+        scores = per_token[:, :L].cpu()  # (K, L); float64 models keep their precision
+        feature = inp.feature_of_token
+        token_attr = torch.zeros(target_ids.numel(), inp.n_features, dtype=scores.dtype)
+        token_attr.index_add_(1, feature[feature >= 0], scores[:, feature >= 0])
+        return LLMAttributionResult(
+            seq_attr=token_attr.sum(0),
+            token_attr=token_attr,
+            input_tokens=inp.format_tokens(),
+            output_tokens=self.tokenizer.convert_ids_to_tokens(target_ids.tolist()),
+            output_probs=scorer.original.exp(),
+            method=type(self.attr_method).__name__,
+        )
+
+    def _embedding_attributions(
+        self,
+        ids: Tensor,
+        base_ids: Tensor,
+        target: Tensor,
+        internal_batch_size: ChunkSize,
+        kwargs: dict[str, Any],
+    ) -> Tensor:
+        """``(K, L + K - 1)``: per target token, the attribution of every position's embedding,
+        summed over the embedding dimension.
+
+        ``internal_batch_size`` None or ``"auto"`` evaluates as many points per forward as fit
+        in memory (:func:`~llmattr.text.scorer.rows_that_fit`), halving on out-of-memory.
+        """
+        embedding, head = _embedding_layers(self.model)
+        cut = LayerCut(self.model, [embedding])
+        with torch.no_grad():
+            e_x = embedding(ids)[0]
+            e_b = embedding(base_ids)[0]
+        method = self.attr_method
+        if isinstance(method, LayerIntegratedGradients):
+            alphas, weights = step_rule(
+                kwargs.get("method", "gausslegendre"), kwargs.get("n_steps", 50)
+            )
+            starts = e_b.expand(len(alphas), *e_b.shape)
+            ends = e_x.expand(len(alphas), *e_x.shape)
+        elif isinstance(method, LayerGradientXActivation):
+            alphas, weights = torch.ones(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64)
+            starts, ends = torch.zeros_like(e_x).unsqueeze(0), e_x.unsqueeze(0)
+        else:
+            n = int(kwargs.get("n_samples", 5))
+            sd = float(kwargs.get("stdevs", 0.0))
+            alphas = torch.rand(n, dtype=torch.float64)
+            weights = torch.full((n,), 1.0 / n, dtype=torch.float64)
+            starts = e_b.expand(n, *e_b.shape)
+            ends = e_x + sd * torch.randn((n, *e_x.shape), dtype=e_x.dtype, device=e_x.device)
+        K, width = target.numel(), ids.shape[1]
+        keep = "logits_to_keep" in inspect.signature(self.model.forward).parameters
+        captured: dict[str, Tensor] = {}
+
+        def grab(module: nn.Module, args: tuple[Any, ...]) -> None:
+            captured["h"] = args[0]
+
+        acc = torch.promote_types(e_x.dtype, torch.float32)  # half models sum in float32
+
+        def evaluate(start: int, end: int) -> Tensor:
+            part = torch.zeros(K, width, dtype=acc, device=e_x.device)
+            a = alphas[start:end].to(e_x.dtype).to(e_x.device).view(-1, 1, 1)
+            diff = ends[start:end] - starts[start:end]
+            w = weights[start:end].to(e_x.dtype).to(e_x.device).view(-1, 1, 1)
+            rows = ids.expand(end - start, -1)
+            with torch.enable_grad():
+                points = (starts[start:end] + a * diff).detach().requires_grad_()
+                hooks = [partial(head.register_forward_pre_hook, grab)] if head is not None else []
+                with cut.replaced([(points,)]), registered(*hooks):
+                    out = self.model(input_ids=rows, **({"logits_to_keep": K} if keep else {}))
+                logits = out.logits[:, -K:].to(acc)
+                hidden = captured.get("h")
+                per_position = (
+                    head is not None
+                    and hidden is not None
+                    and hidden.shape[1] >= K
+                    and torch.allclose(head(hidden[:, -K:].detach()).to(acc), logits.detach(),
+                                       rtol=1e-4, atol=1e-5)
+                )  # fmt: skip
+                for k in range(K):  # one shared forward, then one backward per target token
+                    if per_position:
+                        assert head is not None and hidden is not None
+                        # only this position's output layer enters the backward
+                        z = head(hidden[:, hidden.shape[1] - K + k]).to(acc)
+                    else:
+                        z = logits[:, k]
+                    logp = z.gather(-1, target[k].view(1, 1).expand(end - start, 1))[:, 0]
+                    logp = logp - torch.logsumexp(z, -1)
+                    (g,) = torch.autograd.grad(logp.sum(), points, retain_graph=k < K - 1)
+                    part[k] = (g * diff * w).to(acc).sum((0, 2))
+            return part
+
+        n_points = len(alphas)
+        if internal_batch_size is not None and internal_batch_size != "auto":
+            return torch.stack(run_in_chunks(n_points, internal_batch_size, evaluate)).sum(0)
+        # sized from memory: a long prompt runs a few points per forward instead of failing
+        size = rows_that_fit(self.model, width, width, K if keep else width, grad=True,
+                             cpu_rows=None)  # fmt: skip
+        parts: list[Tensor] = []
+        for first in range(0, n_points, size):
+            last = min(first + size, n_points)
+            parts += run_in_chunks(last - first, "auto", partial(_shifted, evaluate, first))
+        return torch.stack(parts).sum(0)
+
+
+def _shifted(evaluate: Callable[[int, int], Tensor], offset: int, start: int, end: int) -> Tensor:
+    return evaluate(offset + start, offset + end)
+
+
+def _embedding_layers(model: nn.Module) -> tuple[nn.Module, nn.Module | None]:
+    """The model's input embedding and its output layer (None when it has none)."""
+    get_embedding = getattr(model, "get_input_embeddings", None)
+    if not callable(get_embedding):
+        raise TypeError(f"{type(model).__name__} has no get_input_embeddings().")
+    embedding = get_embedding()
+    get_head = getattr(model, "get_output_embeddings", None)
+    head = get_head() if callable(get_head) else None
+    return cast(nn.Module, embedding), cast(nn.Module | None, head)
