@@ -260,3 +260,14 @@ def test_to_html_without_token_attr():
     assert [text for text, _ in parsed.chips] == r.input_tokens
     assert "raises the target" in page
     assert "&lt;script&gt;" in page and "<script>alert" not in page
+
+
+def test_plots_draw_on_given_axes(close_figures):
+    import matplotlib.pyplot as plt
+
+    r = _result(torch.float32)
+    fig, (top, bottom) = plt.subplots(2, 1)
+    assert r.plot_seq_attr(ax=top) == (fig, top)
+    assert r.plot_token_attr(ax=bottom) == (fig, bottom)
+    assert len(top.patches) == len(r.input_tokens)
+    assert bottom.images[0].get_array().shape == tuple(r.token_attr.shape)

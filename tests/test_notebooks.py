@@ -18,6 +18,17 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 # per notebook: text its printed output must contain, and how many figures it must show at least
 EXPECTED: dict[str, tuple[list[str], int]] = {
+    "01_demo_model.ipynb": (
+        [
+            "LlamaForCausalLM",
+            "generated: ['red'] with probability 0.9",
+            "ShapleyValueSampling: top red@6",
+            "methods rank the decisive word first",
+            "max |exact - sampled| = 0.",
+            "7 sections",
+        ],
+        1,
+    ),
     "02_bert_layers.ipynb": (
         [
             "BertModel with 6 layers, hidden size 384",

@@ -50,19 +50,23 @@ class LLMAttributionResult:
 
     # ---- views (drawn by llmattr.viz) ------------------------------------------------------
 
-    def plot_token_attr(self, show: bool = False) -> tuple[Any, Any]:
-        """Heatmap of ``token_attr`` (target tokens × features); returns ``(fig, ax)``."""
+    def plot_token_attr(self, show: bool = False, ax: Any = None) -> tuple[Any, Any]:
+        """Heatmap of ``token_attr`` (target tokens × features), on ``ax`` if given (else a new
+        figure); returns ``(fig, ax)``."""
         from ..viz.plots import plot_token_attr
 
         if self.token_attr is None:
             raise ValueError("This result has no per-token attributions.")
-        return plot_token_attr(self.token_attr, self.input_tokens, self.output_tokens, show=show)
+        return plot_token_attr(
+            self.token_attr, self.input_tokens, self.output_tokens, ax=ax, show=show
+        )
 
-    def plot_seq_attr(self, show: bool = False) -> tuple[Any, Any]:
-        """Bar chart of ``seq_attr`` per feature; returns ``(fig, ax)``."""
+    def plot_seq_attr(self, show: bool = False, ax: Any = None) -> tuple[Any, Any]:
+        """Bar chart of ``seq_attr`` per feature, on ``ax`` if given (else a new figure);
+        returns ``(fig, ax)``."""
         from ..viz.plots import plot_seq_attr
 
-        return plot_seq_attr(self.seq_attr, self.input_tokens, show=show)
+        return plot_seq_attr(self.seq_attr, self.input_tokens, ax=ax, show=show)
 
     def to_html(self, title: str | None = None, path: str | Path | None = None) -> str:
         """One self-contained HTML page (see :func:`llmattr.viz.html_report`): the prompt's
