@@ -354,10 +354,13 @@ def build_cases(captum_attr: Any, llmattr: Any, only: str | None) -> tuple[list[
 
 
 # ------------------------------------------------------------------------------------- measuring
+CLOCK: Callable[[], float] = time.perf_counter  # --clock cpu: time.process_time
+
+
 def _run(fn: Callable[[], Any]) -> tuple[Any, float]:
-    start = time.perf_counter()
+    start = CLOCK()
     out = fn()
-    return out, time.perf_counter() - start
+    return out, CLOCK() - start
 
 
 def time_case(case: Case, warmup: int, repeat: int) -> tuple[float, float, Any, Any]:
@@ -396,7 +399,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=None, help="untimed runs per library")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (smoke test)")
     parser.add_argument("--filter", default=None, help="only cases whose name contains this")
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall time (default) or this process's CPU time, steadier on a loaded machine "
+        "(meaningful with --threads 1)",
+    )
     args = parser.parse_args(argv)
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     repeat = args.repeat if args.repeat is not None else (3 if args.quick else 9)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
     if repeat < 1 or warmup < 0:
