@@ -1,0 +1,7 @@
+"""``python -m llmattr``: the ``llmattr`` command line."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

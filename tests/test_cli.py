@@ -1,0 +1,304 @@
+"""The ``llmattr`` command line, run in-process on the shipped demo model: every method and
+feature kind, the console summary (coloured only where it should be), the HTML and JSON files,
+and clear errors with the right exit status."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from llmattr import LLMAttributionResult
+from llmattr.cli import main
+from llmattr.demo import MODEL_DIR
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPT = "the key of box seven is red . the key of box two is blue . the key of box seven is"
+VALUE_AT = 6  # "red": the word the answer is recalled from
+ESC = "\x1b["
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True)
+def _no_color_env(monkeypatch):
+    monkeypatch.delenv("NO_COLOR", raising=False)
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    args = list(argv)
+    # the shipped weights do not end an answer with <eos>: explain the one-word answer
+    if args[:1] == ["explain"] and PROMPT in args and "--target" not in args:
+        if "--max-new-tokens" not in args:
+            args += ["--max-new-tokens", "1"]
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+class FakeTTY(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+# ---- the happy path -----------------------------------------------------------------------------
+
+
+def test_explain_demo_model_writes_html_and_json(capsys, tmp_path):
+    html, js = tmp_path / "report.html", tmp_path / "result.json"
+    code, out, err = run(capsys, "explain", PROMPT, "--html", str(html), "--json", str(js))
+    assert code == 0, err
+    assert "FeatureAblation" in out and "'red'" in out
+    assert "demo model" in out
+    assert f"wrote {html}" in out and f"wrote {js}" in out
+    assert ESC not in out  # captured stdout is not a terminal
+    result = LLMAttributionResult.load(js)
+    assert result.input_tokens == PROMPT.split()
+    assert result.output_tokens == ["red"]  # generated greedily, <eos> left out
+    assert int(result.seq_attr.argmax()) == VALUE_AT
+    assert float(result.output_probs[0]) > 0.5
+    page = html.read_text(encoding="utf-8")
+    assert page.lstrip().lower().startswith("<!doctype html")
+    for word in ("key", "box", "seven", "red", "blue"):
+        assert word in page
+
+
+def test_summary_lists_top_features_in_order(capsys):
+    code, out, _ = run(capsys, "explain", PROMPT, "--top", "3")
+    assert code == 0
+    lines = out.splitlines()
+    n = len(PROMPT.split())
+    at = next(i for i, line in enumerate(lines) if line.startswith(f"top 3 of {n} features"))
+    ranked = lines[at + 1 : at + 4]
+    assert ranked[0].split()[:3] == ["1.", ranked[0].split()[1], "red"]
+    assert "(feature 6)" in ranked[0]
+    values = [abs(float(line.split()[1])) for line in ranked]
+    assert values == sorted(values, reverse=True)
+
+
+def test_given_target(capsys, tmp_path):
+    js = tmp_path / "r.json"
+    code, out, _ = run(capsys, "explain", PROMPT, "--target", "blue", "--json", str(js))
+    assert code == 0
+    result = LLMAttributionResult.load(js)
+    assert result.output_tokens == ["blue"]
+    assert float(result.output_probs[0]) < 0.5  # the model does not believe it
+    assert "'blue'" in out
+
+
+def test_multi_token_target_shows_each_token(capsys):
+    code, out, _ = run(capsys, "explain", PROMPT, "--target", "red <eos>")
+    assert code == 0
+    assert "per target token" in out and "'<eos>'" in out
+
+
+@pytest.mark.parametrize(
+    "method, extra, name",
+    [
+        ("ablation", [], "FeatureAblation"),
+        ("shapley", ["--n-samples", "2"], "ShapleyValueSampling"),
+        ("lime", ["--n-samples", "40"], "Lime"),
+        ("kernel-shap", ["--n-samples", "40"], "KernelShap"),
+        ("integrated-gradients", ["--n-steps", "8"], "LayerIntegratedGradients"),
+    ],
+)
+def test_every_method(capsys, tmp_path, method, extra, name):
+    js = tmp_path / "r.json"
+    code, out, err = run(capsys, "explain", PROMPT, "--method", method, "--json", str(js), *extra)
+    assert code == 0, err
+    result = LLMAttributionResult.load(js)
+    assert result.method == name and name in out
+    assert result.seq_attr.shape == (len(PROMPT.split()),)
+    assert torch.isfinite(result.seq_attr).all()
+    ranked = result.seq_attr.argsort(descending=True).tolist()
+    if method == "ablation":  # replacing the recalled value hurts the answer most
+        assert ranked[0] == VALUE_AT
+    elif method in ("shapley", "integrated-gradients"):  # near the top, not always first
+        assert VALUE_AT in ranked[:5]
+
+
+def test_sampling_methods_are_seeded(capsys, tmp_path):
+    paths = [tmp_path / f"{i}.json" for i in range(3)]
+    for path, seed in zip(paths, ("0", "0", "1")):
+        assert main(["explain", PROMPT, "--method", "lime", "--n-samples", "30",
+                     "--seed", seed, "--json", str(path)]) == 0  # fmt: skip
+    a, b, c = (LLMAttributionResult.load(p).seq_attr for p in paths)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+@pytest.mark.parametrize(
+    "features, names",
+    [
+        ("words", PROMPT.split()),
+        (
+            "sentences",
+            [
+                "the key of box seven is red .",
+                "the key of box two is blue .",
+                "the key of box seven is",
+            ],
+        ),
+    ],
+)
+def test_feature_kinds(capsys, tmp_path, features, names):
+    js = tmp_path / "r.json"
+    code, _, err = run(capsys, "explain", PROMPT, "--features", features, "--json", str(js))
+    assert code == 0, err
+    result = LLMAttributionResult.load(js)
+    assert result.input_tokens == names
+    if features == "sentences":  # the fact holding the value matters more than the distractor
+        assert result.seq_attr[0] > result.seq_attr[1]
+
+
+def test_explicit_model_path_equals_default(capsys, tmp_path):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    assert main(["explain", PROMPT, "--json", str(a)]) == 0
+    assert main(["explain", PROMPT, "--model", str(MODEL_DIR), "--json", str(b),
+                 "--device", "cpu"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert str(MODEL_DIR) in out
+    assert torch.equal(LLMAttributionResult.load(a).seq_attr, LLMAttributionResult.load(b).seq_attr)
+
+
+def test_baseline_option(capsys, tmp_path):
+    js = tmp_path / "r.json"
+    assert main(["explain", PROMPT, "--baseline", "<unk>", "--json", str(js)]) == 0
+    assert LLMAttributionResult.load(js).seq_attr.shape == (len(PROMPT.split()),)
+    code, _, err = run(capsys, "explain", PROMPT, "--baseline", "two words")
+    assert code == 1 and "exactly one token" in err
+
+
+# ---- colours ------------------------------------------------------------------------------------
+
+
+def test_color_always_and_never(capsys):
+    code, out, _ = run(capsys, "explain", PROMPT, "--color", "always")
+    assert code == 0
+    assert f"{ESC}38;5;16;48;5;" in out  # background colours
+    assert "raises" in out and "lowers" in out
+    # the coloured prompt keeps the prompt's text, words and spaces
+    plain = out
+    while ESC in plain:
+        start = plain.index(ESC)
+        plain = plain[:start] + plain[plain.index("m", start) + 1 :]
+    assert PROMPT in plain
+    code, out, _ = run(capsys, "explain", PROMPT, "--color", "never")
+    assert code == 0 and ESC not in out
+
+
+def test_color_auto_follows_tty_and_no_color(monkeypatch, capsys):
+    tty = FakeTTY()
+    monkeypatch.setattr(sys, "stdout", tty)
+    assert main(["explain", PROMPT]) == 0
+    assert ESC in tty.getvalue()
+    tty = FakeTTY()
+    monkeypatch.setattr(sys, "stdout", tty)
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert main(["explain", PROMPT]) == 0
+    assert ESC not in tty.getvalue()
+
+
+def test_progress_bar_on_a_terminal(monkeypatch, capsys):
+    err = FakeTTY()
+    monkeypatch.setattr(sys, "stderr", err)
+    assert main(["explain", PROMPT, "--method", "shapley", "--n-samples", "2"]) == 0
+    assert "Shapley" in err.getvalue() and "100%" in err.getvalue()
+    assert "Loading" not in err.getvalue()  # transformers' loading bars are off
+    err = FakeTTY()
+    monkeypatch.setattr(sys, "stderr", err)
+    assert main(["explain", PROMPT, "--method", "shapley", "--n-samples", "2",
+                 "--no-progress"]) == 0  # fmt: skip
+    assert "%" not in err.getvalue()
+
+
+# ---- help and errors ----------------------------------------------------------------------------
+
+
+def test_help_explains_every_option(capsys):
+    code, out, _ = run(capsys, "explain", "--help")
+    assert code == 0
+    for option in ("--model", "--target", "--method", "--features", "--html", "--json",
+                   "--device", "--baseline", "--max-new-tokens", "--n-samples", "--n-steps",
+                   "--seed", "--top", "--color", "--no-progress"):  # fmt: skip
+        assert option in out
+    for choice in ("ablation", "shapley", "lime", "kernel-shap", "integrated-gradients",
+                   "tokens", "words", "sentences", "NO_COLOR", "Exit status"):  # fmt: skip
+        assert choice in out
+    code, out, _ = run(capsys, "--help")
+    assert code == 0 and "explain" in out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["explain", ""], "the prompt is empty"),
+        (["explain", "   "], "the prompt is empty"),
+        (["explain", PROMPT, "--method", "magic"], "invalid choice: 'magic'"),
+        (["explain", PROMPT, "--features", "letters"], "invalid choice: 'letters'"),
+        (["explain", PROMPT, "--target", ""], "--target is empty"),
+        (["explain", PROMPT, "--n-samples", "0"], "--n-samples must be at least 1"),
+        (["explain"], "PROMPT"),
+        ([], "COMMAND"),
+        (["summon", PROMPT], "invalid choice: 'summon'"),
+    ],
+)
+def test_usage_errors_exit_2(capsys, argv, message):
+    code, out, err = run(capsys, *argv)
+    assert code == 2
+    assert message in err and "usage: llmattr" in err
+    assert out == ""
+
+
+def test_bad_model_paths_exit_1(capsys, tmp_path):
+    code, out, err = run(capsys, "explain", PROMPT, "--model", str(tmp_path / "missing"))
+    assert code == 1 and out == ""
+    assert err.startswith("llmattr: error: model path") and "does not exist" in err
+    assert "Traceback" not in err
+    code, _, err = run(capsys, "explain", PROMPT, "--model", str(tmp_path))  # no model inside
+    assert code == 1 and "cannot load a model and tokenizer from" in err
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"")
+    code, _, err = run(capsys, "explain", PROMPT, "--model", str(weights))
+    assert code == 1 and "is a file" in err
+
+
+def test_runtime_errors_exit_1(capsys, tmp_path):
+    code, _, err = run(capsys, "explain", PROMPT, "--device", "nonsense")
+    assert code == 1 and "unknown device 'nonsense'" in err
+    code, _, err = run(capsys, "explain", " ".join([PROMPT] * 8))  # longer than the context
+    assert code == 1 and "context" in err
+    code, _, err = run(capsys, "explain", PROMPT, "--html", str(tmp_path / "no" / "r.html"))
+    assert code == 1 and "cannot write" in err
+
+
+def test_python_dash_m(tmp_path):
+    """``python -m llmattr`` is the same command line."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "llmattr", "explain", PROMPT, "--max-new-tokens", "1",
+         "--json", str(tmp_path / "r.json")],
+        capture_output=True, text=True, cwd=ROOT, env=env, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "'red'" in proc.stdout
+    assert json.loads((tmp_path / "r.json").read_text())["output_tokens"] == ["red"]
+    proc = subprocess.run([sys.executable, "-m", "llmattr", "explain", ""], capture_output=True,
+                          text=True, cwd=ROOT, env=env, timeout=120)  # fmt: skip
+    assert proc.returncode == 2 and "usage: llmattr" in proc.stderr
