@@ -15,7 +15,7 @@ import argparse
 import itertools
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
@@ -286,7 +286,12 @@ def load_model(name: str | None, device: Any) -> tuple[Any, Any, str]:
 def make_input(kind: str, prompt: str, tokenizer: Any, baseline: str | None) -> Any:
     from .text.inputs import TextTokenInput, sentences, words
 
-    build = {"tokens": TextTokenInput, "words": words, "sentences": sentences}[kind]
+    builders: dict[str, Callable[..., Any]] = {
+        "tokens": TextTokenInput,
+        "words": words,
+        "sentences": sentences,
+    }
+    build = builders[kind]
     try:
         return build(prompt, tokenizer, baselines=baseline)
     except (ValueError, NotImplementedError) as error:
