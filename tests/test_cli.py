@@ -127,10 +127,33 @@ def test_every_method(capsys, tmp_path, method, extra, name):
     assert result.seq_attr.shape == (len(PROMPT.split()),)
     assert torch.isfinite(result.seq_attr).all()
     ranked = result.seq_attr.argsort(descending=True).tolist()
-    if method == "ablation":  # replacing the recalled value hurts the answer most
+    assert VALUE_AT in ranked[:2]  # the recalled value, at the top
+    if method == "ablation":  # the value, its key, the key asked for: the words that matter
         assert ranked[0] == VALUE_AT
-    elif method in ("shapley", "integrated-gradients"):  # near the top, not always first
-        assert VALUE_AT in ranked[:5]
+        assert set(ranked[:3]) == {VALUE_AT, VALUE_AT - 2, len(PROMPT.split()) - 2}
+
+
+@pytest.mark.parametrize(
+    "prompt, continuation, decisive",
+    [
+        (PROMPT, ["red"], ["red"]),
+        ("copy : cat dog sun fish ; copy : cat dog", ["sun", "fish"], ["sun", "fish"]),
+        ("six is bigger than two . which is bigger : five or three ?", ["five"], ["five"]),
+    ],
+)
+def test_each_task_of_the_demo_model(capsys, tmp_path, prompt, continuation, decisive):
+    """The generated target is the whole answer (a copy completes the list), and each target
+    token owes most to the prompt word it comes from."""
+    js = tmp_path / "r.json"
+    code, out, _ = run(capsys, "explain", prompt, "--json", str(js))
+    assert code == 0
+    result = LLMAttributionResult.load(js)
+    assert result.output_tokens == continuation
+    words = prompt.split()
+    for row, word in zip(result.token_attr, decisive):
+        assert words[int(row.argmax())] == word
+    if len(continuation) > 1:
+        assert "per target token" in out
 
 
 def test_sampling_methods_are_seeded(capsys, tmp_path):
@@ -292,9 +315,22 @@ def test_python_dash_m(tmp_path):
     """``python -m llmattr`` is the same command line."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "llmattr", "explain", PROMPT, "--max-new-tokens", "1",
-         "--json", str(tmp_path / "r.json")],
-        capture_output=True, text=True, cwd=ROOT, env=env, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "llmattr",
+            "explain",
+            PROMPT,
+            "--max-new-tokens",
+            "1",
+            "--json",
+            str(tmp_path / "r.json"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     assert "'red'" in proc.stdout

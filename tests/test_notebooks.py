@@ -21,7 +21,7 @@ EXPECTED: dict[str, tuple[list[str], int]] = {
     "01_demo_model.ipynb": (
         [
             "LlamaForCausalLM",
-            "generated: ['red'] with probability 0.9",
+            "generated: ['red'] with probability",
             "ShapleyValueSampling: top red@6",
             "methods rank the decisive word first",
             "max |exact - sampled| = 0.",
