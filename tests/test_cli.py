@@ -42,12 +42,7 @@ def _no_color_env(monkeypatch):
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
-    args = list(argv)
-    # the shipped weights do not end an answer with <eos>: explain the one-word answer
-    if args[:1] == ["explain"] and PROMPT in args and "--target" not in args:
-        if "--max-new-tokens" not in args:
-            args += ["--max-new-tokens", "1"]
-    code = main(args)
+    code = main(list(argv))
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -112,9 +107,9 @@ def test_multi_token_target_shows_each_token(capsys):
     "method, extra, name",
     [
         ("ablation", [], "FeatureAblation"),
-        ("shapley", ["--n-samples", "2"], "ShapleyValueSampling"),
-        ("lime", ["--n-samples", "40"], "Lime"),
-        ("kernel-shap", ["--n-samples", "40"], "KernelShap"),
+        ("shapley", ["--n-samples", "25"], "ShapleyValueSampling"),
+        ("lime", ["--n-samples", "200"], "Lime"),
+        ("kernel-shap", ["--n-samples", "200"], "KernelShap"),
         ("integrated-gradients", ["--n-steps", "8"], "LayerIntegratedGradients"),
     ],
 )
@@ -127,7 +122,7 @@ def test_every_method(capsys, tmp_path, method, extra, name):
     assert result.seq_attr.shape == (len(PROMPT.split()),)
     assert torch.isfinite(result.seq_attr).all()
     ranked = result.seq_attr.argsort(descending=True).tolist()
-    assert VALUE_AT in ranked[:2]  # the recalled value, at the top
+    assert ranked[0] == VALUE_AT  # every method puts the recalled value first
     if method == "ablation":  # the value, its key, the key asked for: the words that matter
         assert ranked[0] == VALUE_AT
         assert set(ranked[:3]) == {VALUE_AT, VALUE_AT - 2, len(PROMPT.split()) - 2}
@@ -186,8 +181,8 @@ def test_feature_kinds(capsys, tmp_path, features, names):
     assert code == 0, err
     result = LLMAttributionResult.load(js)
     assert result.input_tokens == names
-    if features == "sentences":  # the fact holding the value matters more than the distractor
-        assert result.seq_attr[0] > result.seq_attr[1]
+    if features == "sentences":  # the fact holding the value first, the distractor last
+        assert result.seq_attr.argsort(descending=True).tolist() == [0, 2, 1]
 
 
 def test_explicit_model_path_equals_default(capsys, tmp_path):
