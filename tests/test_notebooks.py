@@ -23,6 +23,7 @@ EXPECTED: dict[str, tuple[list[str], int]] = {
             "LlamaForCausalLM",
             "generated: ['red'] with probability",
             "ShapleyValueSampling: top red@6",
+            "Lime: top red@6",
             "methods rank the decisive word first",
             "max |exact - sampled| = 0.",
             "7 sections",
