@@ -7,19 +7,12 @@ from .embeddings import (
     configure_interpretable_embedding_layer,
     remove_interpretable_embedding_layer,
 )
-from .inputs import (
-    ProductBaselines,
-    TextSpanInput,
-    TextTemplateInput,
-    TextTokenInput,
-    chat_turns,
-    sentences,
-    words,
-)
+from .inputs import TextSpanInput, TextTokenInput, chat_turns, sentences, words
 from .llm_attr import LLMAttribution
 from .llm_gradient import LLMGradientAttribution
 from .result import LLMAttributionResult
 from .scorer import Scorer
+from .templates import ProductBaselines, TextTemplateInput
 
 __all__ = [
     "InterpretableEmbedding",

@@ -29,9 +29,10 @@ from .._core.base import Attribution
 from ..attr.ablation import FeatureAblation
 from ..attr.lime import KernelShap, Lime
 from ..attr.shapley import ShapleyValues, ShapleyValueSampling
-from .inputs import TextTemplateInput, _skip_token_id, _TokenFeatures
+from .inputs import _skip_token_id, _TokenFeatures
 from .result import LLMAttributionResult
 from .scorer import Scorer, check_context, model_device
+from .templates import TextTemplateInput
 
 __all__ = ["LLMAttribution"]
 
