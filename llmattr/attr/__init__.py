@@ -17,15 +17,14 @@ from ..text.embeddings import (
 from .ablation import FeatureAblation, FeaturePermutation, Occlusion
 from .backprop import Deconvolution, GuidedBackprop
 from .deeplift import DeepLift, DeepLiftShap
+from .gradcam import GuidedGradCam, LayerGradCam
 from .gradient import InputXGradient, Saliency
 from .gradient_shap import GradientShap
 from .integrated_gradients import IntegratedGradients
 from .layer import (
-    GuidedGradCam,
     LayerActivation,
     LayerFeatureAblation,
     LayerFeaturePermutation,
-    LayerGradCam,
     LayerGradientXActivation,
     LayerIntegratedGradients,
     LayerLRP,

@@ -4,7 +4,8 @@ Most of these are a primary algorithm applied to the function "layer activation 
 (:class:`~llmattr._core.layers.LayerCut`): LayerIntegratedGradients is IntegratedGradients
 between the layer's activations at the baselines and at the inputs, LayerFeatureAblation is
 FeatureAblation of the activation, and so on. The methods whose path stays in input space
-(conductance, internal influence, GradientShap, DeepLift) are in :mod:`.layer_path`.
+(conductance, internal influence, GradientShap, DeepLift) are in :mod:`.layer_path`; Grad-CAM
+and Guided Grad-CAM are in :mod:`.gradcam`.
 
 ``layer`` may be one module or, for the layer-space methods, a list of modules: every layer is
 then attributed independently and the results come back as a list. A layer whose activation is
@@ -37,16 +38,13 @@ from .._core.inputs import (
 from .._core.layers import LayerCut, check_device_ids
 from .._core.targets import TargetType
 from .ablation import FeatureAblation, FeaturePermutation
-from .backprop import GuidedBackprop
 from .integrated_gradients import IntegratedGradients
 from .lrp import LRP
 
 __all__ = [
-    "GuidedGradCam",
     "LayerActivation",
     "LayerFeatureAblation",
     "LayerFeaturePermutation",
-    "LayerGradCam",
     "LayerGradientXActivation",
     "LayerIntegratedGradients",
     "LayerLRP",
@@ -310,49 +308,6 @@ class LayerFeaturePermutation(_Layer):
         )  # fmt: skip
 
 
-class LayerGradCam(_Layer):
-    """Grad-CAM (Selvaraju et al., 2017): the layer's activation weighted by its gradient
-    averaged over the spatial dimensions, summed over channels.
-
-    Args:
-        forward_func: the model or forward function.
-        layer: a module (usually the last convolution).
-        device_ids: see :class:`~llmattr.LayerAttribution`.
-    """
-
-    def attribute(
-        self,
-        inputs: TensorOrTuple,
-        target: TargetType = None,
-        additional_forward_args: Any = None,
-        attribute_to_layer_input: bool = False,
-        relu_attributions: bool = False,
-        attr_dim_summation: bool = True,
-    ) -> LayerResult:
-        """Grad-CAM maps of shape ``(batch, 1, *spatial)`` (``(batch, channels, *spatial)``
-        without ``attr_dim_summation``).
-
-        Args:
-            inputs: the model's inputs.
-            target: which output to explain.
-            additional_forward_args: extra forward arguments.
-            attribute_to_layer_input: use the layer's inputs.
-            relu_attributions: keep only positive evidence.
-            attr_dim_summation: sum over channels (dimension 1).
-        """
-        call = Call.of(inputs, target, additional_forward_args)
-        (cut,) = self._cuts(attribute_to_layer_input)
-        (grads,), (acts,), _ = cut.gradients(call.inputs, call.target, call.args)
-        maps = []
-        for g, a in zip(grads, acts):
-            weights = g.mean(dim=tuple(range(2, g.dim())), keepdim=True) if g.dim() > 2 else g
-            cam = weights * a
-            if attr_dim_summation:
-                cam = cam.sum(1, keepdim=True)
-            maps.append(torch.relu(cam) if relu_attributions else cam)
-        return _form([tuple(maps)], False)
-
-
 class LayerLRP(_Layer):
     """Relevance (LRP) arriving at a layer: ``activation * modified gradient`` with the rules of
     :class:`~llmattr.LRP`.
@@ -390,58 +345,3 @@ class LayerLRP(_Layer):
             return result
         deltas = [per_example_sum(r).to(out.dtype) - out for r in relevance]
         return result, deltas if self._many() else deltas[0]
-
-
-class GuidedGradCam(_Layer):
-    """Guided Grad-CAM: guided backpropagation times the layer's Grad-CAM map upsampled to the
-    input's spatial size.
-
-    Args:
-        model: the network (an ``nn.Module``).
-        layer: the module whose Grad-CAM is used (usually the last convolution).
-        device_ids: see :class:`~llmattr.LayerAttribution`.
-    """
-
-    def __init__(
-        self, model: nn.Module, layer: nn.Module, device_ids: list[int] | None = None
-    ) -> None:
-        super().__init__(model, layer, device_ids)
-        self.grad_cam = LayerGradCam(model, layer, device_ids)
-        self.guided_backprop = GuidedBackprop(model)
-
-    def attribute(
-        self,
-        inputs: TensorOrTuple,
-        target: TargetType = None,
-        additional_forward_args: Any = None,
-        interpolate_mode: str = "nearest",
-        attribute_to_layer_input: bool = False,
-    ) -> TensorOrTuple:
-        """Guided Grad-CAM attributions shaped like ``inputs``.
-
-        Args:
-            inputs: ``(batch, channels, *spatial)`` float tensors (or a tuple); the map is
-                upsampled to each input's spatial size.
-            target: which output to explain.
-            additional_forward_args: extra forward arguments.
-            interpolate_mode: upsampling mode (see ``torch.nn.functional.interpolate``).
-            attribute_to_layer_input: use the layer's inputs for Grad-CAM.
-        """
-        call = Call.of(inputs, target, additional_forward_args, gradient_method=self.get_name())
-        cam = self.grad_cam.attribute(
-            call.inputs, call.target, call.args, attribute_to_layer_input, relu_attributions=True
-        )
-        if not isinstance(cam, Tensor):
-            raise TypeError("GuidedGradCam needs a layer whose activation is one tensor.")
-        guided = self.guided_backprop.attribute(call.inputs, call.target, call.args)
-        out = []
-        for x, g in zip(call.inputs, guided):
-            if x.dim() != cam.dim():
-                raise ValueError(
-                    f"Input of shape {tuple(x.shape)} and the layer's Grad-CAM map of shape "
-                    f"{tuple(cam.shape)} have different numbers of dimensions; GuidedGradCam "
-                    "needs (batch, channels, *spatial) inputs matching the layer."
-                )
-            up = LayerAttribution.interpolate(cam, tuple(x.shape[2:]), interpolate_mode)
-            out.append(g * up)
-        return call.result(out)
