@@ -241,7 +241,7 @@ def test_to_html_shows_tokens_scores_and_legend():
     ]
     assert parsed.row_heads == r.output_tokens
     assert parsed.cells == [f"{v:+.2f}" for v in r.token_attr.reshape(-1).tolist()]
-    heading = html.escape("FeatureAblation: " + "".join(r.output_tokens))
+    heading = html.escape("FeatureAblation: " + " ".join(r.output_tokens))  # no space markers
     assert f"<h2>{heading}</h2>" in page and f"<title>{heading}</title>" in page
 
 

@@ -239,10 +239,12 @@ def test_heatmap_has_a_row_per_target_and_a_column_per_feature():
 def test_default_heading_and_page_title():
     r = _result(inputs=["a"], outputs=[" the", " end"], info={})
     page = html_report(r)
-    assert "<title>FeatureAblation:  the end</title>" in page
-    assert "<h2>FeatureAblation:  the end</h2>" in page
+    assert "<title>FeatureAblation: the end</title>" in page
+    assert "<h2>FeatureAblation: the end</h2>" in page
     long = _result(inputs=["a"], outputs=["x"] * 200, info={})
-    assert "<h2>FeatureAblation: " + "x" * 79 + "…</h2>" in html_report(long)
+    assert "<h2>FeatureAblation: " + ("x " * 40)[:79] + "…</h2>" in html_report(long)
+    byte_level = _result(inputs=["a"], outputs=["Ġthe", "Ġend", "Ċ"], info={})
+    assert "<h2>FeatureAblation: the end</h2>" in html_report(byte_level)
 
 
 def test_result_without_token_attr_has_no_heatmap():

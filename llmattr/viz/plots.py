@@ -12,6 +12,7 @@ import numpy as np
 
 from .figure import show_figure
 from .scale import as_array, symmetric_limit
+from .tokens import display_tokens
 
 __all__ = ["plot_layer_token_attr", "plot_seq_attr", "plot_token_attr"]
 
@@ -33,6 +34,9 @@ def _axes(ax: Any, width: float, height: float) -> tuple[Any, Any]:
 
 
 def _label_axis(set_ticks: Any, labels: Sequence[str], **kwargs: Any) -> None:
+    """Tick labels as readable text (``Ġred`` → ``red``, see :mod:`.tokens`), thinned to at
+    most ``_MAX_LABELS``."""
+    labels = display_tokens(labels)
     every = max(1, math.ceil(len(labels) / _MAX_LABELS))
     where = list(range(0, len(labels), every))
     set_ticks(where, [str(labels[i]) for i in where], **kwargs)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from . import palette
 from .scale import as_array, symmetric_limit
+from .tokens import display_tokens, tokens_to_text
 
 if TYPE_CHECKING:
     from ..text.result import LLMAttributionResult
@@ -229,7 +230,7 @@ def _rounded(values: list[float]) -> list[float | None]:
 
 def default_title(result: LLMAttributionResult) -> str:
     """``"<method>: <target text>"``, the target cut to 80 characters."""
-    target = "".join(str(t) for t in result.output_tokens)
+    target = " ".join(tokens_to_text(result.output_tokens).split())
     if len(target) > 80:
         target = target[:79] + "…"
     return f"{result.method or 'Attribution'}: {target}"
@@ -238,8 +239,8 @@ def default_title(result: LLMAttributionResult) -> str:
 def result_section(result: LLMAttributionResult, title: str, anchor: str) -> str:
     """One result as a ``<section>``: summary, prompt coloured by ``seq_attr``, and the target
     token × prompt feature heatmap of ``token_attr``."""
-    names = [str(n) for n in result.input_tokens]
-    targets = [str(t) for t in result.output_tokens]
+    names = display_tokens(result.input_tokens)
+    targets = display_tokens(result.output_tokens)
     seq = _floats(result.seq_attr)
     probs = _floats(result.output_probs)
     if len(seq) != len(names):
