@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from conftest import MLP, SmallCNN, TwoInputNet, tol
+from conftest import MLP, SmallCNN, TwoInputNet, close
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import Tensor
@@ -67,12 +67,6 @@ def group_sums(contrib: Tensor, mask: Tensor) -> Tensor:
             sel = mask[e] == p
             out[e][sel] = contrib[e][sel].sum()
     return out
-
-
-def close(a: Tensor, b: Tensor, dtype: torch.dtype = F64, scale: float = 1.0) -> bool:
-    return a.shape == b.shape and torch.allclose(
-        a.double().cpu(), b.double().cpu(), rtol=0, atol=tol(dtype) * scale
-    )
 
 
 class Counting:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import MLP, SmallCNN, TwoInputNet, tol
+from conftest import MLP, SmallCNN, TwoInputNet, row_sums, tol
 from torch import Tensor, nn
 
 from llmattr import DeepLift, DeepLiftShap
@@ -34,12 +34,6 @@ def select(model: nn.Module, x: Tensor | tuple[Tensor, ...], target: object, *ar
     if isinstance(target, int):
         return out[:, target]
     return out[torch.arange(n), torch.as_tensor(target)]
-
-
-def row_sums(attrs: Tensor | tuple[Tensor, ...]) -> Tensor:
-    attrs = attrs if isinstance(attrs, tuple) else (attrs,)
-    n = attrs[0].shape[0]
-    return sum(a.reshape(n, -1).sum(1) for a in attrs)
 
 
 def assert_complete(model, x, baselines, attrs, delta, target, *args, atol=1e-10) -> None:

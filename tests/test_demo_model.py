@@ -30,12 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PER_TASK = 12  # held-out prompts generated per task in the tests
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -8,32 +8,12 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from conftest import MLP, TwoInputNet, tol
+from conftest import MLP, Counting, TwoInputNet, close, roll
 from torch import Tensor
 
 from llmattr import FeaturePermutation
 
 F64 = torch.float64
-
-
-def roll(x: Tensor, mask: Tensor) -> Tensor:
-    """Example ``e`` takes the masked elements of example ``e - 1``."""
-    return torch.where(mask, x.roll(1, 0), x)
-
-
-def close(a: Tensor, b: Tensor, dtype: torch.dtype = F64, scale: float = 1.0) -> bool:
-    return a.shape == b.shape and torch.allclose(
-        a.double().cpu(), b.double().cpu(), rtol=0, atol=tol(dtype) * scale
-    )
-
-
-class Counting:
-    def __init__(self, f: Callable[..., Tensor]) -> None:
-        self.f, self.calls = f, 0
-
-    def __call__(self, *args: object) -> Tensor:
-        self.calls += 1
-        return self.f(*args)
 
 
 def brute_permutation(

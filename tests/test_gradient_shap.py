@@ -5,36 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import MLP, tol
-from torch import nn
+from conftest import MLP, Linear, TwoLinear, rand, tol
 
 from llmattr import GradientShap
 
 F64 = torch.float64
-
-
-class Linear(nn.Module):
-    """f(x) = x @ w + c, one output per example."""
-
-    def __init__(self, d: int = 4) -> None:
-        super().__init__()
-        self.w = nn.Parameter(torch.randn(d))
-        self.c = nn.Parameter(torch.randn(()))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x @ self.w + self.c
-
-
-class TwoLinear(nn.Module):
-    """f(x1, x2) = x1 @ w1 + sum(x2 * w2) for x1 (N, 2) and x2 (N, 2, 2)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.w1 = nn.Parameter(torch.randn(2))
-        self.w2 = nn.Parameter(torch.randn(2, 2))
-
-    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
-        return x1 @ self.w1 + (x2 * self.w2).sum((1, 2))
 
 
 def quadratic(a: torch.Tensor):
@@ -43,10 +18,6 @@ def quadratic(a: torch.Tensor):
         return out if scale is None else out * scale
 
     return f
-
-
-def rand(*shape: int) -> torch.Tensor:
-    return torch.randn(*shape, dtype=F64)
 
 
 # --- closed forms ---------------------------------------------------------------------------------
@@ -64,7 +35,7 @@ def test_one_baseline_without_noise_is_exact_on_a_linear_model() -> None:
 def test_attributions_average_the_drawn_baselines_jointly() -> None:
     """x - attr/w is the mean of n_samples rows drawn from the distribution; the rows are drawn
     jointly for every feature and every input (one baseline row per draw)."""
-    model = TwoLinear().to(F64)
+    model = TwoLinear(2, (2, 2)).to(F64)
     w1, w2 = model.w1.detach(), model.w2.detach()
     n_b, n_samples, batch = 4, 5, 6
     powers = 10.0 ** torch.arange(n_b, dtype=F64)  # decodable: counts < 10 per row
@@ -139,7 +110,7 @@ def test_noise_has_the_requested_standard_deviation() -> None:
 
 
 def test_per_input_stdevs() -> None:
-    model = TwoLinear().to(F64)
+    model = TwoLinear(2, (2, 2)).to(F64)
     x1, x2 = rand(3, 2), rand(3, 2, 2)
     b1, b2 = rand(1, 2), rand(1, 2, 2)
     (a1, a2), delta = GradientShap(model).attribute(
@@ -303,7 +274,7 @@ def test_callable_baselines() -> None:
 
 
 def test_callable_baselines_for_two_inputs_get_the_tuple() -> None:
-    model = TwoLinear().to(F64)
+    model = TwoLinear(2, (2, 2)).to(F64)
     x1, x2 = rand(2, 2), rand(2, 2, 2)
     attr = GradientShap(model).attribute(
         (x1, x2), lambda inputs: tuple(t[:1] * 0 + 1 for t in inputs), n_samples=2
@@ -323,7 +294,7 @@ def test_bad_n_samples(n_samples: object) -> None:
 
 @pytest.mark.parametrize("stdevs", [-0.1, (0.1, -1.0), "big"])
 def test_bad_stdevs(stdevs: object) -> None:
-    model = TwoLinear().to(F64)
+    model = TwoLinear(2, (2, 2)).to(F64)
     x, b = (rand(2, 2), rand(2, 2, 2)), (rand(1, 2), rand(1, 2, 2))
     with pytest.raises(ValueError, match="stdevs must be non-negative numbers"):
         GradientShap(model).attribute(x, b, stdevs=stdevs)
@@ -335,7 +306,7 @@ def test_wrong_number_of_stdevs() -> None:
 
 
 def test_bad_baseline_distributions() -> None:
-    gs = GradientShap(TwoLinear().to(F64))
+    gs = GradientShap(TwoLinear(2, (2, 2)).to(F64))
     x = (rand(2, 2), rand(2, 2, 2))
     with pytest.raises(ValueError, match="must have shape"):
         gs.attribute(x, (rand(3, 2), rand(3, 2)))

@@ -9,30 +9,10 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import Boom, assert_no_hooks, hook_state
 from torch import Tensor, nn
-from torch.nn.modules import module as module_globals
 
 from llmattr import LRP, Deconvolution, DeepLift, DeepLiftShap, GuidedBackprop
-
-HOOK_DICTS = (
-    "_forward_hooks",
-    "_forward_pre_hooks",
-    "_backward_hooks",
-    "_backward_pre_hooks",
-    "_forward_hooks_with_kwargs",
-    "_forward_pre_hooks_with_kwargs",
-    "_forward_hooks_always_called",
-)
-GLOBAL_HOOK_DICTS = (
-    "_global_forward_hooks",
-    "_global_forward_pre_hooks",
-    "_global_backward_hooks",
-    "_global_backward_pre_hooks",
-)
-
-
-class Boom(Exception):
-    pass
 
 
 class _RaiseInBackward(torch.autograd.Function):
@@ -92,22 +72,6 @@ METHODS: dict[str, Callable[[nn.Module, Tensor], Any]] = {
     "Deconvolution": lambda m, x: Deconvolution(m).attribute(x, target=1),
     "LRP": lambda m, x: LRP(m).attribute(x, target=1),
 }
-
-
-def hook_state(model: nn.Module) -> dict[str, list[int]]:
-    state = {
-        f"{name}.{d}": list(getattr(m, d, {}).keys())
-        for name, m in model.named_modules()
-        for d in HOOK_DICTS
-    }
-    for d in GLOBAL_HOOK_DICTS:
-        state[d] = list(getattr(module_globals, d).keys())
-    return state
-
-
-def assert_no_hooks(model: nn.Module) -> None:
-    leftover = {k: v for k, v in hook_state(model).items() if v}
-    assert not leftover, leftover
 
 
 @pytest.fixture

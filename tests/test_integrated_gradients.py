@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import MLP, SmallCNN, TwoInputNet, tol
+from conftest import MLP, Linear, SmallCNN, TwoInputNet, TwoLinear, rand, tol
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -17,18 +17,6 @@ METHODS = ["riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid
 
 
 # --- tiny models --------------------------------------------------------------------------------
-
-
-class Linear(nn.Module):
-    """f(x) = x @ w + c, one output per example."""
-
-    def __init__(self, d: int = 4) -> None:
-        super().__init__()
-        self.w = nn.Parameter(torch.randn(d))
-        self.c = nn.Parameter(torch.randn(()))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x @ self.w + self.c
 
 
 class Poly(nn.Module):
@@ -68,24 +56,8 @@ class Out3D(nn.Module):
         return torch.tanh(self.fc(x)).reshape(-1, 2, 3) * x.sum(1).reshape(-1, 1, 1)
 
 
-class TwoLinear(nn.Module):
-    """f(x1, x2) = x1 @ w1 + sum(x2 * w2) for x1 (N, 4) and x2 (N, 2, 3)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.w1 = nn.Parameter(torch.randn(4))
-        self.w2 = nn.Parameter(torch.randn(2, 3))
-
-    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
-        return x1 @ self.w1 + (x2 * self.w2).sum((1, 2))
-
-
 def f64(model: nn.Module) -> nn.Module:
     return model.to(F64)
-
-
-def rand(*shape: int) -> torch.Tensor:
-    return torch.randn(*shape, dtype=F64)
 
 
 # --- completeness and the convergence delta -----------------------------------------------------
@@ -480,7 +452,7 @@ def test_baseline_forms_on_a_linear_model() -> None:
 
 
 def test_tuple_baselines_for_two_inputs() -> None:
-    model = f64(TwoLinear())
+    model = f64(TwoLinear(4, (2, 3)))
     w1, w2 = model.w1.detach(), model.w2.detach()
     x1, x2 = rand(3, 4), rand(3, 2, 3)
     ig = IntegratedGradients(model)
@@ -599,7 +571,7 @@ def test_integer_inputs_point_to_layer_integrated_gradients() -> None:
 
 
 def test_mismatched_batch_sizes() -> None:
-    ig = IntegratedGradients(f64(TwoLinear()))
+    ig = IntegratedGradients(f64(TwoLinear(4, (2, 3))))
     with pytest.raises(ValueError, match="different batch sizes"):
         ig.attribute((rand(3, 4), rand(2, 2, 3)))
 
@@ -612,7 +584,7 @@ def test_baselines_that_cannot_broadcast(baseline: torch.Tensor) -> None:
 
 
 def test_wrong_number_of_baselines() -> None:
-    ig = IntegratedGradients(f64(TwoLinear()))
+    ig = IntegratedGradients(f64(TwoLinear(4, (2, 3))))
     with pytest.raises(ValueError, match="one baseline per"):
         ig.attribute((rand(3, 4), rand(3, 2, 3)), baselines=(None,))
 

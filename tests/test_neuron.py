@@ -73,11 +73,6 @@ def smooth_net() -> Net:
     return Net(nn.Tanh).to(F64)
 
 
-@pytest.fixture
-def xb() -> tuple[Tensor, Tensor]:
-    return torch.randn(5, 4, dtype=F64), torch.randn(5, 4, dtype=F64)
-
-
 def grad_by_hand(value_fn, x: Tensor) -> Tensor:
     xg = x.clone().requires_grad_()
     (g,) = torch.autograd.grad(value_fn(xg).sum(), xg)

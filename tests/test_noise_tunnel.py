@@ -8,8 +8,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import MLP, TwoInputNet, tol
-from torch import nn
+from conftest import MLP, Linear, TwoInputNet, rand, tol
 
 from llmattr import (
     Attribution,
@@ -24,18 +23,6 @@ from llmattr import (
 F64 = torch.float64
 
 
-class Linear(nn.Module):
-    """f(x) = x @ w + c, one output per example."""
-
-    def __init__(self, d: int = 4) -> None:
-        super().__init__()
-        self.w = nn.Parameter(torch.randn(d))
-        self.c = nn.Parameter(torch.randn(()))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x @ self.w + self.c
-
-
 class Recorder(Attribution):
     """An "attribution" equal to its inputs, recording what NoiseTunnel hands the method."""
 
@@ -46,10 +33,6 @@ class Recorder(Attribution):
     def attribute(self, inputs: Any, **kwargs: Any) -> Any:
         self.calls.append((inputs, kwargs))
         return tuple(t.clone() for t in inputs) if isinstance(inputs, tuple) else inputs.clone()
-
-
-def rand(*shape: int) -> torch.Tensor:
-    return torch.randn(*shape, dtype=F64)
 
 
 def close(a: Any, b: Any, atol: float = 1e-12) -> bool:

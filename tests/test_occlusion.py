@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from conftest import SmallCNN, tol
+from conftest import Counting, SmallCNN, close
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor
@@ -77,21 +77,6 @@ def linear_window_closed_form(
     if all(s <= w for s, w in zip(strides, window)):
         assert bool((counts > 0).all()), "every element must be covered"
     return sums / counts.clamp(min=1)
-
-
-def close(a: Tensor, b: Tensor, dtype: torch.dtype = F64, scale: float = 1.0) -> bool:
-    return a.shape == b.shape and torch.allclose(
-        a.double().cpu(), b.double().cpu(), rtol=0, atol=tol(dtype) * scale
-    )
-
-
-class Counting:
-    def __init__(self, f: Callable[..., Tensor]) -> None:
-        self.f, self.calls = f, 0
-
-    def __call__(self, *args: object) -> Tensor:
-        self.calls += 1
-        return self.f(*args)
 
 
 # --- the reference's own window rule --------------------------------------------------------------

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import MLP, TwoInputNet, tol
+from conftest import MLP, TwoInputNet, close, roll
 from torch import Tensor, nn
 
 from llmattr import FeatureAblation, FeaturePermutation, Occlusion
@@ -18,16 +18,6 @@ from llmattr._core.features import FeatureMasks
 from llmattr._core.perturbation import PerturbationRun, check_positive_int, make_generator
 
 F64 = torch.float64
-
-
-def roll(x: Tensor, mask: Tensor) -> Tensor:
-    return torch.where(mask, x.roll(1, 0), x)
-
-
-def close(a: Tensor, b: Tensor, dtype: torch.dtype = F64, scale: float = 1.0) -> bool:
-    return a.shape == b.shape and torch.allclose(
-        a.double().cpu(), b.double().cpu(), rtol=0, atol=tol(dtype) * scale
-    )
 
 
 class Recording:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import MLP, SmallCNN, TwoInputNet, tol
+from conftest import MLP, SmallCNN, TwoInputNet, rand, tol
 from torch import nn
 
 from llmattr import InputXGradient, Saliency
@@ -46,10 +46,6 @@ class Out3D(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.tanh(x @ self.W).reshape(-1, 2, 3)
-
-
-def rand(*shape: int) -> torch.Tensor:
-    return torch.randn(*shape, dtype=F64)
 
 
 # --- closed forms ---------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 import torch
+from conftest import count_forwards, max_diff, tiny_causal_lm
 
 transformers = pytest.importorskip("transformers")
 
@@ -20,28 +21,7 @@ CONTEXT = 64
 TOL = 1e-4  # float32, log-probabilities of size ~10
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models: one thread is fastest and immune to a busy second core."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _causal(arch: str) -> torch.nn.Module:
-    torch.manual_seed(0)
-    common = dict(vocab_size=VOCAB, initializer_range=0.5, pad_token_id=0,
-                  bos_token_id=None, eos_token_id=None)  # fmt: skip
-    if arch == "gpt2":
-        config = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=CONTEXT,
-                                         **common)  # fmt: skip
-        return transformers.GPT2LMHeadModel(config).eval()
-    config = transformers.LlamaConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=CONTEXT, **common,
-    )  # fmt: skip
-    return transformers.LlamaForCausalLM(config).eval()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _seq2seq(arch: str) -> torch.nn.Module:
@@ -62,12 +42,12 @@ def _seq2seq(arch: str) -> torch.nn.Module:
 
 @pytest.fixture(scope="module", params=["gpt2", "llama"])
 def causal(request: pytest.FixtureRequest) -> torch.nn.Module:
-    return _causal(request.param)
+    return tiny_causal_lm(request.param, VOCAB, context=CONTEXT)
 
 
 @pytest.fixture(scope="module")
 def gpt2() -> torch.nn.Module:
-    return _causal("gpt2")
+    return tiny_causal_lm("gpt2", VOCAB, context=CONTEXT)
 
 
 @torch.no_grad()
@@ -97,10 +77,6 @@ def replay_seq2seq(model: torch.nn.Module, prompt: torch.Tensor, target: torch.T
 def replay_all(model, rows, target, seq2seq=False) -> torch.Tensor:
     fn = replay_seq2seq if seq2seq else replay
     return torch.stack([fn(model, r, target) for r in rows])
-
-
-def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.double() - b.double()).abs().max())
 
 
 PROMPT = torch.tensor([2023, 2003, 1037, 3231, 1997, 1996, 10938, 6254, 2006, 3793, 1012])  # 11
@@ -137,7 +113,7 @@ def test_original_scores_match_replay(causal):
     scorer = Scorer(causal, PROMPT, TARGET)
     ref = replay(causal, PROMPT, TARGET)
     assert scorer.original.shape == (TARGET.numel(),)
-    assert _max_diff(scorer.original, ref) < TOL
+    assert max_diff(scorer.original, ref) < TOL
     assert float(ref.abs().min()) > 0.1  # not a degenerate model: log-probs are informative
 
 
@@ -149,7 +125,7 @@ def test_perturbed_batch_matches_replay(causal, reuse_prefix):
     ref = replay_all(causal, rows, TARGET)
     assert got.shape == (len(rows), TARGET.numel())
     assert got.dtype == torch.float32 and got.device.type == "cpu"
-    assert _max_diff(got, ref) < TOL
+    assert max_diff(got, ref) < TOL
     # the rows do change the scores (so agreement is not trivial)
     assert float((ref - ref[0]).abs().max()) > 0.1
 
@@ -158,7 +134,7 @@ def test_each_row_alone_matches_replay(causal):
     """One row per call: every shared prefix length j is exercised on its own."""
     scorer = Scorer(causal, PROMPT, TARGET)
     for row in perturbed_rows(PROMPT):
-        assert _max_diff(scorer.score([row])[0], replay(causal, row, TARGET)) < TOL
+        assert max_diff(scorer.score([row])[0], replay(causal, row, TARGET)) < TOL
 
 
 def test_pad_id_does_not_matter(causal):
@@ -166,7 +142,7 @@ def test_pad_id_does_not_matter(causal):
     rows = perturbed_rows(PROMPT)
     a = Scorer(causal, PROMPT, TARGET, pad_token_id=0).score(rows)
     b = Scorer(causal, PROMPT, TARGET, pad_token_id=4242).score(rows)
-    assert _max_diff(a, b) < 1e-5
+    assert max_diff(a, b) < 1e-5
 
 
 def test_prefix_is_reused(gpt2):
@@ -201,7 +177,7 @@ def test_order_of_rows_is_kept(causal):
     scorer = Scorer(causal, PROMPT, TARGET)
     forward = scorer.score(rows)
     backward = scorer.score(rows[::-1])
-    assert _max_diff(forward, backward.flip(0)) < 1e-5
+    assert max_diff(forward, backward.flip(0)) < 1e-5
     assert float((forward[1] - forward[0]).abs().max()) > 0.1  # rows are distinguishable
 
 
@@ -209,7 +185,7 @@ def test_order_of_rows_is_kept(causal):
 def test_independent_of_rows_per_forward(causal, rows_per_forward):
     rows = perturbed_rows(PROMPT)
     got = Scorer(causal, PROMPT, TARGET, rows_per_forward=rows_per_forward).score(rows)
-    assert _max_diff(got, replay_all(causal, rows, TARGET)) < TOL
+    assert max_diff(got, replay_all(causal, rows, TARGET)) < TOL
 
 
 def test_out_of_memory_backs_off(gpt2):
@@ -237,7 +213,7 @@ def test_out_of_memory_backs_off(gpt2):
     assert failures[0] > 0 and max(seen) <= 2
     # the original row, then every perturbed row but the unchanged first one (known already)
     assert sum(seen) == len(rows)
-    assert _max_diff(got, replay_all(gpt2, rows, TARGET)) < TOL
+    assert max_diff(got, replay_all(gpt2, rows, TARGET)) < TOL
 
 
 def test_other_errors_propagate(gpt2):
@@ -259,28 +235,15 @@ def test_other_errors_propagate(gpt2):
 # ---- limits and errors --------------------------------------------------------------------------
 
 
-def _count_forwards(model):
-    calls = [0]
-    forward = model.forward
-
-    @functools.wraps(forward)
-    def counted(*args, **kwargs):
-        calls[0] += 1
-        return forward(*args, **kwargs)
-
-    model.forward = counted
-    return calls
-
-
 def test_context_limit(causal):
     """prompt + target[:-1] must fit the context; longer raises before any forward."""
-    calls = _count_forwards(causal)
+    calls = count_forwards(causal)
     try:
         target = TARGET[:3]
         fits = torch.arange(100, 100 + CONTEXT - target.numel() + 1)  # L + K - 1 == CONTEXT
         scorer = Scorer(causal, fits, target)
         assert calls[0] == 1
-        assert _max_diff(scorer.original, replay(causal, fits, target)) < TOL
+        assert max_diff(scorer.original, replay(causal, fits, target)) < TOL
         calls[0] = 0
         too_long = torch.arange(100, 100 + fits.numel() + 1)
         with pytest.raises(ValueError, match="context of 64"):
@@ -291,7 +254,7 @@ def test_context_limit(causal):
 
 
 def test_empty_prompt_or_target(gpt2):
-    calls = _count_forwards(gpt2)
+    calls = count_forwards(gpt2)
     try:
         with pytest.raises(ValueError, match="prompt is empty"):
             Scorer(gpt2, torch.tensor([], dtype=torch.long), TARGET)
@@ -310,7 +273,7 @@ def test_single_token_target(causal):
     rows = perturbed_rows(PROMPT)
     got = Scorer(causal, PROMPT, target).score(rows)
     assert got.shape == (len(rows), 1)
-    assert _max_diff(got, replay_all(causal, rows, target)) < TOL
+    assert max_diff(got, replay_all(causal, rows, target)) < TOL
 
 
 # ---- encoder–decoder ----------------------------------------------------------------------------
@@ -322,11 +285,11 @@ def test_encoder_decoder_matches_replay(arch):
     rows = perturbed_rows(PROMPT)
     scorer = Scorer(model, PROMPT, TARGET, pad_token_id=model.config.pad_token_id)
     ref = replay_all(model, rows, TARGET, seq2seq=True)
-    assert _max_diff(scorer.original, ref[0]) < TOL
-    assert _max_diff(scorer.score(rows), ref) < TOL
+    assert max_diff(scorer.original, ref[0]) < TOL
+    assert max_diff(scorer.score(rows), ref) < TOL
     assert float((ref - ref[0]).abs().max()) > 0.05  # the prompt matters
     small = Scorer(model, PROMPT, TARGET, rows_per_forward=3).score(rows)
-    assert _max_diff(small, ref) < TOL
+    assert max_diff(small, ref) < TOL
 
 
 def test_encoder_decoder_context():
@@ -347,7 +310,7 @@ def test_model_device_follows_accelerate_hooks():
 
     from llmattr.text.scorer import model_device
 
-    model = _causal("gpt2")
+    model = tiny_causal_lm("gpt2", VOCAB, context=CONTEXT)
     assert model_device(model) == torch.device("cpu")
     embed = model.get_input_embeddings()
     embed._hf_hook = SimpleNamespace(execution_device="cuda:1")  # only read, never run
@@ -364,7 +327,7 @@ def test_model_device_follows_accelerate_hooks():
     assert offloaded.get_input_embeddings().weight.device.type == "meta"
     assert model_device(offloaded) == torch.device("cpu")
     scorer = Scorer(offloaded, PROMPT, TARGET)
-    assert _max_diff(scorer.score([PROMPT])[0], scorer.original) < 1e-5
+    assert max_diff(scorer.score([PROMPT])[0], scorer.original) < 1e-5
 
 
 @pytest.mark.parametrize("rows_per_forward", [0, -2, 1.5, True])
@@ -377,10 +340,10 @@ def test_unperturbed_rows_are_not_scored_again(gpt2):
     """The original prompt's scores are known from construction: rows equal to it cost no
     forward (the perturbation engine's first call; Shapley's full coalitions)."""
     scorer = Scorer(gpt2, PROMPT, TARGET)
-    calls = _count_forwards(gpt2)
+    calls = count_forwards(gpt2)
     try:
         got = scorer.score([PROMPT.clone(), PROMPT.clone()])
         assert calls[0] == 0
-        assert _max_diff(got, replay_all(gpt2, [PROMPT, PROMPT], TARGET)) < TOL
+        assert max_diff(got, replay_all(gpt2, [PROMPT, PROMPT], TARGET)) < TOL
     finally:
         del gpt2.forward

@@ -26,8 +26,8 @@ from typing import Any
 import pytest
 import torch
 import transformers
+from conftest import Boom, assert_no_hooks
 from torch import Tensor, nn
-from torch.nn.modules import module as module_globals
 
 from llmattr import (
     IntegratedGradients,
@@ -43,29 +43,8 @@ SEQ = 7
 N_STEPS = 128  # gausslegendre; float64 completeness is then far below COMPLETENESS_TOL
 COMPLETENESS_TOL = 1e-5
 
-HOOK_DICTS = (
-    "_forward_hooks",
-    "_forward_pre_hooks",
-    "_backward_hooks",
-    "_backward_pre_hooks",
-    "_forward_hooks_with_kwargs",
-    "_forward_pre_hooks_with_kwargs",
-    "_forward_hooks_always_called",
-)
-GLOBAL_HOOK_DICTS = (
-    "_global_forward_hooks",
-    "_global_forward_pre_hooks",
-    "_global_backward_hooks",
-    "_global_backward_pre_hooks",
-)
-
-
 # --------------------------------------------------------------------------------------------
 # helpers
-
-
-class Boom(Exception):
-    pass
 
 
 class Logits(nn.Module):
@@ -90,25 +69,13 @@ class Seq2SeqLogits(nn.Module):
         return self.model(input_ids=input_ids, decoder_input_ids=decoder_input_ids).logits
 
 
-def hook_state(model: nn.Module) -> dict[str, list[int]]:
-    state = {
-        f"{name}.{d}": list(getattr(m, d, {}).keys())
-        for name, m in model.named_modules()
-        for d in HOOK_DICTS
-    }
-    for d in GLOBAL_HOOK_DICTS:
-        state[d] = list(getattr(module_globals, d).keys())
-    return state
-
-
 def training_flags(model: nn.Module) -> dict[str, bool]:
     return {name: m.training for name, m in model.named_modules()}
 
 
 def assert_untouched(model: nn.Module, flags: dict[str, bool]) -> None:
     """No hook anywhere (module or global), training flags as recorded, no gradients."""
-    leftover = {k: v for k, v in hook_state(model).items() if v}
-    assert not leftover, leftover
+    assert_no_hooks(model)
     assert training_flags(model) == flags
     with_grad = [n for n, p in model.named_parameters() if p.grad is not None]
     assert not with_grad, with_grad

@@ -21,10 +21,7 @@ IMAGE = np.linspace(0.2, 1.0, 18).reshape(2, 3, 3)  # RGB in [0, 1]
 PIXELS = (IMAGE * 255).astype(np.int64).astype(np.uint8)
 
 
-@pytest.fixture(autouse=True)
-def _close_figures():
-    yield
-    plt.close("all")
+pytestmark = pytest.mark.usefixtures("close_figures")
 
 
 def _draw(**kwargs):

@@ -15,10 +15,7 @@ from llmattr import plot_layer_token_attr, plot_seq_attr, plot_token_attr
 TOKENS = ["The", " key", " of", " box", " is"]
 
 
-@pytest.fixture(autouse=True)
-def _close_figures():
-    yield
-    plt.close("all")
+pytestmark = pytest.mark.usefixtures("close_figures")
 
 
 def _labels(ticks) -> list[str]:

@@ -18,10 +18,7 @@ DATA = np.stack([np.sin(np.arange(N)), np.arange(N) / 2.0], axis=1)  # (N, C)
 ATTR = np.array([[1.0, -2.0], [0.0, 4.0], [-3.0, 1.0], [2.0, 0.0], [0.5, -1.0], [8.0, 2.0]])
 
 
-@pytest.fixture(autouse=True)
-def _close_figures():
-    yield
-    plt.close("all")
+pytestmark = pytest.mark.usefixtures("close_figures")
 
 
 def _mesh(ax) -> np.ndarray:
