@@ -22,56 +22,27 @@ Captum is only needed here (``pip install llmattr[bench]``); it is imported when
 from __future__ import annotations
 
 import argparse
-import gc
-import statistics
-import sys
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
+from _common import (
+    CNN,
+    HEADER,
+    MLP,
+    RULE,
+    add_timing_args,
+    apply_timing_args,
+    import_libraries,
+    max_diff,
+    row,
+    time_case,
+    versions,
+)
 from torch import Tensor, nn
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-# --------------------------------------------------------------------------------------- models
-class MLP(nn.Module):
-    """256 → 512 → 512 → 10 with ReLU (one module instance per activation, as DeepLift needs)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(256, 512)
-        self.relu1 = nn.ReLU()
-        self.fc2 = nn.Linear(512, 512)
-        self.relu2 = nn.ReLU()
-        self.fc3 = nn.Linear(512, 10)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc3(self.relu2(self.fc2(self.relu1(self.fc1(x)))))
-
-
-class CNN(nn.Module):
-    """3x32x32 → conv(16) → ReLU → conv(32) → ReLU → avgpool(2) → linear(10).
-
-    Average pooling is linear, so DeepLift has one answer for it in both libraries.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 16, 3, padding=1)
-        self.relu1 = nn.ReLU()
-        self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
-        self.relu2 = nn.ReLU()
-        self.pool = nn.AvgPool2d(2)
-        self.fc = nn.Linear(32 * 16 * 16, 10)
-
-    def forward(self, x: Tensor) -> Tensor:
-        h = self.pool(self.relu2(self.conv2(self.relu1(self.conv1(x)))))
-        return self.fc(h.flatten(1))
 
 
 # ---------------------------------------------------------------------------------------- cases
@@ -84,19 +55,6 @@ class Case:
     llmattr: Callable[[], Any]
     compare: bool = True  # False: only shapes are compared (random noise differs)
     seed: int | None = None  # torch.manual_seed before every call when set
-
-
-def _import_libraries() -> tuple[Any, Any]:
-    try:
-        import captum.attr as captum_attr
-    except ImportError:
-        sys.exit("This benchmark needs Captum: pip install 'llmattr[bench]' (or captum>=0.7).")
-    try:
-        import llmattr
-    except ImportError:  # run from a checkout without installing
-        sys.path.insert(0, str(ROOT))
-        import llmattr
-    return captum_attr, llmattr
 
 
 def build_cases(captum_attr: Any, llmattr: Any) -> list[Case]:
@@ -188,36 +146,7 @@ def build_cases(captum_attr: Any, llmattr: Any) -> list[Case]:
     return cases
 
 
-# ------------------------------------------------------------------------------------- measuring
-def _run(fn: Callable[[], Any], seed: int | None) -> tuple[Any, float]:
-    if seed is not None:
-        torch.manual_seed(seed)
-    start = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - start
-
-
-def time_case(case: Case, warmup: int, repeat: int) -> tuple[float, float, Any, Any]:
-    """Median seconds of (captum, llmattr) and one output of each."""
-    for _ in range(warmup):
-        _run(case.captum, case.seed)
-        _run(case.llmattr, case.seed)
-    times: dict[str, list[float]] = {"captum": [], "llmattr": []}
-    outs: dict[str, Any] = {}
-    gc.collect()
-    for r in range(repeat):
-        order = ("captum", "llmattr") if r % 2 == 0 else ("llmattr", "captum")
-        for lib in order:
-            outs[lib], dt = _run(getattr(case, lib), case.seed)
-            times[lib].append(dt)
-    return (
-        statistics.median(times["captum"]),
-        statistics.median(times["llmattr"]),
-        outs["captum"],
-        outs["llmattr"],
-    )
-
-
+# ------------------------------------------------------------------------------------ comparing
 def _split(out: Any) -> tuple[tuple[Tensor, ...], Tensor | None]:
     """(attributions as a tuple, delta or None) from an ``attribute()`` result, detached."""
     if isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], Tensor):
@@ -238,9 +167,7 @@ def difference(case: Case, out_captum: Any, out_llmattr: Any) -> str:
         return f"SHAPE MISMATCH {shapes_c} vs {shapes_m}"
     if not case.compare:
         return "n/a (shapes match)"
-    diff = max(float((c.double() - m.double()).abs().max()) for c, m in zip(a_c, a_m))
-    scale = max(float(c.abs().max()) for c in a_c)
-    text = f"{diff:.1e} (rel {diff / scale:.0e})" if scale > 0 else f"{diff:.1e}"
+    text = max_diff(a_c, a_m)
     if d_c is not None and d_m is not None:
         d_diff = float((d_c.double() - d_m.double()).abs().max())
         text += f"; Δ {d_diff:.1e}"
@@ -249,41 +176,24 @@ def difference(case: Case, out_captum: Any, out_llmattr: Any) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
-    parser.add_argument("--repeat", type=int, default=None, help="timed runs per library")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed runs per library")
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions (smoke test)")
-    parser.add_argument("--filter", default=None, help="only cases whose name contains this")
+    add_timing_args(parser)
     args = parser.parse_args(argv)
-    repeat = args.repeat if args.repeat is not None else (3 if args.quick else 9)
-    warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
-    if repeat < 1 or warmup < 0:
-        parser.error("--repeat must be >= 1 and --warmup >= 0")
+    repeat, warmup = apply_timing_args(parser, args)
 
-    torch.set_num_threads(args.threads)
     # Captum warns on every DeepLift call (hooks set, inputs made to require grad)
     warnings.filterwarnings("ignore", category=UserWarning, module=r"captum\.")
-    captum_attr, llmattr = _import_libraries()
-    import captum
+    captum_attr, llmattr = import_libraries()
 
-    print(
-        f"torch {torch.__version__}, captum {captum.__version__}, llmattr {llmattr.__version__}; "
-        f"{torch.get_num_threads()} threads; median of {repeat} runs after {warmup} warm-up"
-    )
+    print(versions(llmattr, repeat, warmup))
     print()
-    header = "| case | captum (ms) | llmattr (ms) | ratio | max\\|diff\\| |"
-    print(header)
-    print("|---|---:|---:|---:|---|")
+    print(HEADER)
+    print(RULE)
     total = time.perf_counter()
     for case in build_cases(captum_attr, llmattr):
         if args.filter and args.filter.lower() not in case.name.lower():
             continue
-        t_c, t_m, out_c, out_m = time_case(case, warmup, repeat)
-        diff = difference(case, out_c, out_m)
-        print(
-            f"| {case.name} | {t_c * 1e3:.1f} | {t_m * 1e3:.1f} | {t_c / t_m:.2f}x | {diff} |",
-            flush=True,
-        )
+        t_c, t_m, out_c, out_m = time_case(case.captum, case.llmattr, warmup, repeat, case.seed)
+        print(row(case.name, t_c, t_m, difference(case, out_c, out_m)), flush=True)
     print()
     print(
         f"ratio = captum / llmattr (>1: llmattr faster). rel = max|diff| / max|captum attr|; "

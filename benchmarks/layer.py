@@ -54,61 +54,31 @@ needed here; the transformer cases are skipped (with a note) when the last two a
 from __future__ import annotations
 
 import argparse
-import gc
 import os
-import statistics
-import sys
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
+from _common import (
+    CNN,
+    HEADER,
+    MLP,
+    RULE,
+    add_clock_arg,
+    add_timing_args,
+    apply_timing_args,
+    import_libraries,
+    max_diff,
+    row,
+    time_case,
+    versions,
+)
 from torch import Tensor, nn
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
 # --------------------------------------------------------------------------------------- models
-class MLP(nn.Module):
-    """256 → 512 → 512 → 10 with ReLU (as in ``benchmarks/core.py``)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(256, 512)
-        self.relu1 = nn.ReLU()
-        self.fc2 = nn.Linear(512, 512)
-        self.relu2 = nn.ReLU()
-        self.fc3 = nn.Linear(512, 10)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc3(self.relu2(self.fc2(self.relu1(self.fc1(x)))))
-
-
-class CNN(nn.Module):
-    """3x32x32 → conv(16) → ReLU → conv(32) → ReLU → conv(32) → ReLU → avgpool(2) → linear(10).
-
-    ``conv2`` is the middle layer the cases attribute to: work runs on both sides of it.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 16, 3, padding=1)
-        self.relu1 = nn.ReLU()
-        self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
-        self.relu2 = nn.ReLU()
-        self.conv3 = nn.Conv2d(32, 32, 3, padding=1)
-        self.relu3 = nn.ReLU()
-        self.pool = nn.AvgPool2d(2)
-        self.fc = nn.Linear(32 * 16 * 16, 10)
-
-    def forward(self, x: Tensor) -> Tensor:
-        h = self.relu2(self.conv2(self.relu1(self.conv1(x))))
-        return self.fc(self.pool(self.relu3(self.conv3(h))).flatten(1))
-
-
 QUESTIONS = (
     (
         "What is the capital of France?",
@@ -189,19 +159,6 @@ class Case:
     compare: Callable[[Any, Any], str]
 
 
-def _import_libraries() -> tuple[Any, Any]:
-    try:
-        import captum.attr as captum_attr
-    except ImportError:
-        sys.exit("This benchmark needs Captum: pip install 'llmattr[bench]' (or captum>=0.7).")
-    try:
-        import llmattr
-    except ImportError:  # run from a checkout without installing
-        sys.path.insert(0, str(ROOT))
-        import llmattr
-    return captum_attr, llmattr
-
-
 def _flat(values: Any) -> list[Tensor]:
     """Every tensor of a (possibly nested) tensor / tuple / list, detached, in order."""
     if isinstance(values, Tensor):
@@ -209,20 +166,11 @@ def _flat(values: Any) -> list[Tensor]:
     return [t for v in values for t in _flat(v)]
 
 
-def _max_diff(a_c: list[Tensor], a_m: list[Tensor]) -> str:
-    shapes_c, shapes_m = [tuple(a.shape) for a in a_c], [tuple(a.shape) for a in a_m]
-    if shapes_c != shapes_m:
-        return f"SHAPE MISMATCH {shapes_c} vs {shapes_m}"
-    diff = max(float((c.double() - m.double()).abs().max()) for c, m in zip(a_c, a_m))
-    scale = max(float(c.abs().max()) for c in a_c)
-    return f"{diff:.1e} (rel {diff / scale:.0e})" if scale > 0 else f"{diff:.1e}"
-
-
 def same(out_c: Any, out_m: Any) -> str:
     """Attributions (and deltas, when the output is ``(attributions, delta)``) compared."""
     delta = isinstance(out_c, tuple) and len(out_c) == 2 and isinstance(out_c[1], Tensor)
     attrs_c, attrs_m = (out_c[0], out_m[0]) if delta else (out_c, out_m)
-    text = _max_diff(_flat(attrs_c), _flat(attrs_m))
+    text = max_diff(_flat(attrs_c), _flat(attrs_m))
     if delta:
         text += f"; Δ {float((out_c[1].double() - out_m[1].double()).abs().max()):.1e}"
     return text
@@ -232,7 +180,7 @@ def last_layer_only(out_c: Any, out_m: Any) -> str:
     """List-of-layers outputs: only the last layer is comparable (see the module docstring)."""
     zero = sum(1 for a in out_c[:-1] if float(a.abs().max()) == 0.0)
     return (
-        f"last layer {_max_diff(_flat(out_c[-1]), _flat(out_m[-1]))}; "
+        f"last layer {max_diff(_flat(out_c[-1]), _flat(out_m[-1]))}; "
         f"captum: {zero}/{len(out_c) - 1} earlier layers all zero"
     )
 
@@ -241,7 +189,7 @@ def conductance_gaps(out_c: Any, out_m: Any) -> str:
     """Conductance differs by design: show the difference and each library's completeness gap."""
     (cond_c, delta_c), (cond_m, delta_m) = out_c, out_m
     return (
-        f"{_max_diff(_flat(cond_c), _flat(cond_m))}; "
+        f"{max_diff(_flat(cond_c), _flat(cond_m))}; "
         f"max\\|Σ−(f(x)−f(b))\\| captum {float(delta_c.abs().max()):.1e}, "
         f"llmattr {float(delta_m.abs().max()):.1e}"
     )
@@ -267,7 +215,7 @@ def build_cases(captum_attr: Any, llmattr: Any, only: str | None) -> tuple[list[
         cases.append(Case(name, lambda: c.attribute(**theirs), lambda: m.attribute(**own), compare))
 
     torch.manual_seed(0)
-    cnn, mlp = CNN().eval(), MLP().eval()
+    cnn, mlp = CNN(conv3=True).eval(), MLP().eval()
     x_cnn, y_cnn = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
     x_mlp, y_mlp = torch.randn(32, 256), torch.randint(0, 10, (32,))
 
@@ -354,36 +302,6 @@ def build_cases(captum_attr: Any, llmattr: Any, only: str | None) -> tuple[list[
 
 
 # ------------------------------------------------------------------------------------- measuring
-CLOCK: Callable[[], float] = time.perf_counter  # --clock cpu: time.process_time
-
-
-def _run(fn: Callable[[], Any]) -> tuple[Any, float]:
-    start = CLOCK()
-    out = fn()
-    return out, CLOCK() - start
-
-
-def time_case(case: Case, warmup: int, repeat: int) -> tuple[float, float, Any, Any]:
-    """Median seconds of (captum, llmattr) and one output of each."""
-    for _ in range(warmup):
-        _run(case.captum)
-        _run(case.llmattr)
-    times: dict[str, list[float]] = {"captum": [], "llmattr": []}
-    outs: dict[str, Any] = {}
-    gc.collect()
-    for r in range(repeat):
-        order = ("captum", "llmattr") if r % 2 == 0 else ("llmattr", "captum")
-        for lib in order:
-            outs[lib], dt = _run(getattr(case, lib))
-            times[lib].append(dt)
-    return (
-        statistics.median(times["captum"]),
-        statistics.median(times["llmattr"]),
-        outs["captum"],
-        outs["llmattr"],
-    )
-
-
 def _load() -> str:
     """The 1-minute load average, or "n/a" where the platform has none."""
     try:
@@ -394,27 +312,11 @@ def _load() -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
-    parser.add_argument("--repeat", type=int, default=None, help="timed runs per library")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed runs per library")
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions (smoke test)")
-    parser.add_argument("--filter", default=None, help="only cases whose name contains this")
-    parser.add_argument(
-        "--clock",
-        choices=("wall", "cpu"),
-        default="wall",
-        help="wall time (default) or this process's CPU time, steadier on a loaded machine "
-        "(meaningful with --threads 1)",
-    )
+    add_timing_args(parser)
+    add_clock_arg(parser)
     args = parser.parse_args(argv)
-    global CLOCK
-    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
-    repeat = args.repeat if args.repeat is not None else (3 if args.quick else 9)
-    warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
-    if repeat < 1 or warmup < 0:
-        parser.error("--repeat must be >= 1 and --warmup >= 0")
+    repeat, warmup = apply_timing_args(parser, args)
 
-    torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=UserWarning, module=r"captum\.")
     warnings.filterwarnings("ignore", message="Multiple layers provided")  # Captum, list case
     try:
@@ -424,26 +326,17 @@ def main(argv: list[str] | None = None) -> None:
     else:
         hf_logging.disable_progress_bar()
         hf_logging.set_verbosity_error()
-    captum_attr, llmattr = _import_libraries()
-    import captum
+    captum_attr, llmattr = import_libraries()
 
-    print(
-        f"torch {torch.__version__}, captum {captum.__version__}, llmattr {llmattr.__version__}; "
-        f"{torch.get_num_threads()} threads; median of {repeat} runs after {warmup} warm-up; "
-        f"load average {_load()}"
-    )
+    print(f"{versions(llmattr, repeat, warmup)}; load average {_load()}")
     print()
     total = time.perf_counter()
     cases, notes = build_cases(captum_attr, llmattr, args.filter)
-    print("| case | captum (ms) | llmattr (ms) | ratio | max\\|diff\\| |")
-    print("|---|---:|---:|---:|---|")
+    print(HEADER)
+    print(RULE)
     for case in cases:
-        t_c, t_m, out_c, out_m = time_case(case, warmup, repeat)
-        diff = case.compare(out_c, out_m)
-        print(
-            f"| {case.name} | {t_c * 1e3:.1f} | {t_m * 1e3:.1f} | {t_c / t_m:.2f}x | {diff} |",
-            flush=True,
-        )
+        t_c, t_m, out_c, out_m = time_case(case.captum, case.llmattr, warmup, repeat)
+        print(row(case.name, t_c, t_m, case.compare(out_c, out_m)), flush=True)
     print()
     for note in notes:
         print(f"Note: {note}")

@@ -15,26 +15,12 @@ tens of seconds. Install the bench extra first: ``pip install -e ".[bench]"``.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 import warnings
 from collections.abc import Callable
 from typing import Any
 
 import torch
-
-
-def timed(fn: Callable[[], Any], repeat: int, warmup: int) -> tuple[float, Any]:
-    """Median wall time in seconds over ``repeat`` runs after ``warmup`` runs, and a result."""
-    out = None
-    for _ in range(warmup):
-        out = fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), out
+from _common import median_time
 
 
 def main() -> None:
@@ -73,8 +59,8 @@ def main() -> None:
     rows: list[tuple[str, float, float, float]] = []
 
     def compare(name: str, captum_fn: Callable[[], Any], ours_fn: Callable[[], Any]) -> None:
-        t_c, r_c = timed(captum_fn, args.repeat, args.warmup)
-        t_o, r_o = timed(ours_fn, args.repeat, args.warmup)
+        t_c, r_c = median_time(captum_fn, args.repeat, args.warmup)
+        t_o, r_o = median_time(ours_fn, args.repeat, args.warmup)
         diff = float((torch.as_tensor(r_c) - torch.as_tensor(r_o)).abs().max())
         rows.append((name, t_c, t_o, diff))
         print(f"{name}: captum {t_c:.3f}s, llmattr {t_o:.3f}s, x{t_c / t_o:.1f}, diff {diff:.1e}")
@@ -100,7 +86,7 @@ def main() -> None:
     ablated = ours_input.perturbed_ids(1 - torch.eye(ours_input.n_features))
     ids = ours_input.prompt_ids()
     for reuse in (False, True):
-        t, _ = timed(
+        t, _ = median_time(
             lambda r=reuse: Scorer(model, ids, target, reuse_prefix=r).score(ablated),
             args.repeat, args.warmup,
         )  # fmt: skip

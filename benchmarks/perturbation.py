@@ -49,39 +49,32 @@ needs scikit-learn (the Lime row is skipped, with a note, without it).
 from __future__ import annotations
 
 import argparse
-import gc
 import importlib.util
-import statistics
-import sys
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
+from _common import (
+    HEADER,
+    MLP,
+    RULE,
+    add_clock_arg,
+    add_timing_args,
+    apply_timing_args,
+    import_libraries,
+    max_diff,
+    median_time,
+    row,
+    time_case,
+    versions,
+)
 from torch import Tensor, nn
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 # --------------------------------------------------------------------------------------- models
-class MLP(nn.Module):
-    """64 → 256 → 256 → 10 with ReLU: cheap enough that per-forward overhead matters."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(64, 256)
-        self.relu1 = nn.ReLU()
-        self.fc2 = nn.Linear(256, 256)
-        self.relu2 = nn.ReLU()
-        self.fc3 = nn.Linear(256, 10)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc3(self.relu2(self.fc2(self.relu1(self.fc1(x)))))
-
-
 class CNN(nn.Module):
     """3x32x32 → conv(16) → ReLU → avgpool(2) → conv(32) → ReLU → avgpool(2) → linear(10)."""
 
@@ -135,19 +128,6 @@ class Case:
     replay: Callable[[], Callable[[], Any]] | None = None  # see ``forward_floor``
 
 
-def _import_libraries() -> tuple[Any, Any]:
-    try:
-        import captum.attr as captum_attr
-    except ImportError:
-        sys.exit("This benchmark needs Captum: pip install 'llmattr[bench]' (or captum>=0.7).")
-    try:
-        import llmattr
-    except ImportError:  # run from a checkout without installing
-        sys.path.insert(0, str(ROOT))
-        import llmattr
-    return captum_attr, llmattr
-
-
 def _groups(n_elements: int, n_groups: int) -> Tensor:
     """A ``(1, n_elements)`` mask of ``n_groups`` contiguous, near-equal groups."""
     return (torch.arange(n_elements) * n_groups // n_elements).unsqueeze(0)
@@ -174,7 +154,7 @@ def _efficiency_check(model: nn.Module, x: Tensor, target: Tensor, mask: Tensor)
 
 def build_cases(captum_attr: Any, llmattr: Any) -> list[Case]:
     torch.manual_seed(0)
-    mlp, cnn = MLP().eval(), CNN().eval()
+    mlp, cnn = MLP(64, 256).eval(), CNN().eval()
     linear, tiny_cnn = nn.Linear(64, 10).eval(), TinyCNN().eval()
     x_mlp = torch.randn(16, 64)
     y_mlp = torch.randint(0, 10, (16,))
@@ -265,38 +245,6 @@ def build_cases(captum_attr: Any, llmattr: Any) -> list[Case]:
 
 
 # ------------------------------------------------------------------------------------- measuring
-CLOCK: Callable[[], float] = time.perf_counter  # --clock cpu: time.process_time
-
-
-def _run(fn: Callable[[], Any], seed: int | None) -> tuple[Any, float]:
-    if seed is not None:
-        torch.manual_seed(seed)
-    start = CLOCK()
-    out = fn()
-    return out, CLOCK() - start
-
-
-def time_case(case: Case, warmup: int, repeat: int) -> tuple[float, float, Any, Any]:
-    """Median seconds of (captum, llmattr) and one output of each."""
-    for _ in range(warmup):
-        _run(case.captum, case.seed)
-        _run(case.llmattr, case.seed)
-    times: dict[str, list[float]] = {"captum": [], "llmattr": []}
-    outs: dict[str, Any] = {}
-    gc.collect()
-    for r in range(repeat):
-        order = ("captum", "llmattr") if r % 2 == 0 else ("llmattr", "captum")
-        for lib in order:
-            outs[lib], dt = _run(getattr(case, lib), case.seed)
-            times[lib].append(dt)
-    return (
-        statistics.median(times["captum"]),
-        statistics.median(times["llmattr"]),
-        outs["captum"],
-        outs["llmattr"],
-    )
-
-
 def forward_floor(case: Case, warmup: int, repeat: int) -> float:
     """Median seconds of the model's forwards alone, replayed with the inputs one llmattr call
     fed it: a lower bound for either library at these settings (Captum evaluates as many
@@ -304,14 +252,7 @@ def forward_floor(case: Case, warmup: int, repeat: int) -> float:
     methods)."""
     assert case.replay is not None
     forwards = case.replay()
-    for _ in range(warmup):
-        forwards()
-    times = []
-    for _ in range(repeat):
-        start = CLOCK()
-        forwards()
-        times.append(CLOCK() - start)
-    return statistics.median(times)
+    return median_time(forwards, repeat, warmup)[0]
 
 
 def difference(case: Case, out_captum: Any, out_llmattr: Any) -> str:
@@ -328,9 +269,7 @@ def difference(case: Case, out_captum: Any, out_llmattr: Any) -> str:
         assert case.efficiency is not None
         err_c, err_m = case.efficiency(a_c[0]), case.efficiency(a_m[0])
         return f"n/a (shapes match); eff c {err_c:.1e} / m {err_m:.1e}"
-    diff = max(float((c.double() - m.double()).abs().max()) for c, m in zip(a_c, a_m))
-    scale = max(float(c.abs().max()) for c in a_c)
-    return f"{diff:.1e} (rel {diff / scale:.0e})" if scale > 0 else f"{diff:.1e}"
+    return max_diff(a_c, a_m)
 
 
 def _ms(seconds: float) -> str:
@@ -340,45 +279,23 @@ def _ms(seconds: float) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
-    parser.add_argument("--repeat", type=int, default=None, help="timed runs per library")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed runs per library")
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions (smoke test)")
-    parser.add_argument("--filter", default=None, help="only cases whose name contains this")
+    add_timing_args(parser)
     parser.add_argument(
         "--floor",
         action="store_true",
         help="add a column: the model's forwards alone (llmattr's inputs replayed), a lower bound",
     )
-    parser.add_argument(
-        "--clock",
-        choices=("wall", "cpu"),
-        default="wall",
-        help="wall time (default) or this process's CPU time, steadier on a loaded machine "
-        "(meaningful with --threads 1)",
-    )
+    add_clock_arg(parser)
     args = parser.parse_args(argv)
-    global CLOCK
-    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
-    repeat = args.repeat if args.repeat is not None else (3 if args.quick else 9)
-    warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
-    if repeat < 1 or warmup < 0:
-        parser.error("--repeat must be >= 1 and --warmup >= 0")
+    repeat, warmup = apply_timing_args(parser, args)
 
-    torch.set_num_threads(args.threads)
     # Captum's Lime / KernelShap warn (e.g. about the batch being processed example by example)
     warnings.filterwarnings("ignore", category=UserWarning, module=r"captum\.")
-    captum_attr, llmattr = _import_libraries()
-    import captum
+    captum_attr, llmattr = import_libraries()
 
-    print(
-        f"torch {torch.__version__}, captum {captum.__version__}, llmattr {llmattr.__version__}; "
-        f"{torch.get_num_threads()} threads; median of {repeat} runs after {warmup} warm-up; "
-        f"{args.clock} clock"
-    )
+    print(f"{versions(llmattr, repeat, warmup)}; {args.clock} clock")
     print()
-    header = "| case | captum (ms) | llmattr (ms) | ratio | max\\|diff\\| |"
-    rule = "|---|---:|---:|---:|---|"
+    header, rule = HEADER, RULE
     if args.floor:
         header += " forwards only (ms) | captum / forwards |"
         rule += "---:|---:|"
@@ -388,13 +305,12 @@ def main(argv: list[str] | None = None) -> None:
     for case in build_cases(captum_attr, llmattr):
         if args.filter and args.filter.lower() not in case.name.lower():
             continue
-        t_c, t_m, out_c, out_m = time_case(case, warmup, repeat)
-        diff = difference(case, out_c, out_m)
-        row = f"| {case.name} | {_ms(t_c)} | {_ms(t_m)} | {t_c / t_m:.2f}x | {diff} |"
+        t_c, t_m, out_c, out_m = time_case(case.captum, case.llmattr, warmup, repeat, case.seed)
+        line = row(case.name, t_c, t_m, difference(case, out_c, out_m), _ms)
         if args.floor:
             t_f = forward_floor(case, warmup, repeat)
-            row += f" {_ms(t_f)} | {t_c / t_f:.2f}x |"
-        print(row, flush=True)
+            line += f" {_ms(t_f)} | {t_c / t_f:.2f}x |"
+        print(line, flush=True)
     print()
     print(
         "ratio = captum / llmattr (>1: llmattr faster). rel = max|diff| / max|captum attr|; "
