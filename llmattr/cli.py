@@ -14,8 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -154,6 +153,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CLIError as error:
         print(f"llmattr: error: {error}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # the reader went away (``llmattr explain ... | head``): stop quietly
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # so that the exit's flush cannot fail again
+        except (OSError, ValueError, AttributeError):
+            pass
+        return 1
 
 
 def _check_explain_args(args: argparse.Namespace) -> None:
@@ -174,10 +180,15 @@ def _check_explain_args(args: argparse.Namespace) -> None:
 def explain_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     import torch
 
+    from ._hf import quiet_transformers
+    from .text.inputs import unknown_text
     from .viz.console import display_names, feature_spans, summary
 
     device = _device(args.device)
-    with _quiet_transformers():
+    for path in (args.html, args.json):  # fail before the work, not after it
+        if path is not None and not path.expanduser().parent.is_dir():
+            raise CLIError(f"cannot write {path}: the folder {path.parent} does not exist")
+    with quiet_transformers():
         model, tokenizer, label = load_model(args.model, device)
     inp = make_input(args.features, args.prompt, tokenizer, args.baseline)
     config = getattr(model, "config", None)
@@ -186,11 +197,20 @@ def explain_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         raise CLIError(
             f"the prompt is {inp.ids.numel()} tokens, more than the model's context of {limit}"
         )
+    if args.target is not None:
+        ids = tokenizer.encode(args.target, add_special_tokens=False)
+        if unknown_text(tokenizer, args.target, ids):
+            pieces = " ".join(tokenizer.convert_ids_to_tokens(ids))
+            raise CLIError(
+                f"the target {args.target!r} has words the model's vocabulary lacks (it "
+                f"tokenizes to {pieces!r}); explaining the unknown token would mean nothing"
+            )
     progress = not args.no_progress and err.isatty()
     try:
         result = attribute(model, tokenizer, inp, args, progress)
     except (ValueError, torch.cuda.OutOfMemoryError) as error:
         raise CLIError(str(error)) from None
+    result.info.update(_settings(args, label))
     color = args.color == "always" or (
         args.color == "auto" and out.isatty() and not os.environ.get("NO_COLOR")
     )
@@ -208,18 +228,21 @@ def explain_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return 0
 
 
-@contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """No loading bars from transformers: the only bar on stderr is the attribution's."""
-    from transformers.utils import logging
-
-    enabled = logging.is_progress_bar_enabled()
-    logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if enabled:
-            logging.enable_progress_bar()
+def _settings(args: argparse.Namespace, label: str) -> dict[str, Any]:
+    """What reproduces the result, kept in its ``info`` (the JSON file, the report)."""
+    settings: dict[str, Any] = {
+        "prompt": args.prompt,
+        "model": label,
+        "features": args.features,
+        "baseline": args.baseline,
+        "target": args.target if args.target is not None else "generated (greedy)",
+    }
+    if args.method == "integrated-gradients":
+        settings["n_steps"] = args.n_steps
+    elif args.method in DEFAULT_SAMPLES:
+        settings["n_samples"] = args.n_samples or DEFAULT_SAMPLES[args.method]
+        settings["seed"] = args.seed
+    return settings
 
 
 def _write_html(result: Any, path: Path) -> None:
@@ -268,16 +291,30 @@ def load_model(name: str | None, device: Any) -> tuple[Any, Any, str]:
         raise CLIError(f"model path {name!r} does not exist")
     if path.exists() and not path.is_dir():
         raise CLIError(f"model path {name!r} is a file; give the model's directory")
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise CLIError(
+            f"{name!r} has no config.json: not a Hugging Face model directory (write one with "
+            "model.save_pretrained(dir) and tokenizer.save_pretrained(dir))"
+        )
     source = str(path) if path.exists() else name
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
+        loaded: Any
         try:
-            model = AutoModelForCausalLM.from_pretrained(source)
+            loaded = AutoModelForCausalLM.from_pretrained(source, output_loading_info=True)
         except ValueError:  # not a causal LM: an encoder-decoder (T5, BART) then
-            model = AutoModelForSeq2SeqLM.from_pretrained(source)
+            loaded = AutoModelForSeq2SeqLM.from_pretrained(source, output_loading_info=True)
+        model, info = loaded
     except (OSError, ValueError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CLIError(f"cannot load a model and tokenizer from {name!r}: {first}") from None
+    missing = list(info.get("missing_keys") or [])
+    if missing:  # e.g. an encoder (BERT) given a language-model head it was never trained with
+        raise CLIError(
+            f"{name!r} holds no trained weights for {len(missing)} parameters of "
+            f"{type(model).__name__} (e.g. {missing[0]}): it is not a causal or "
+            "encoder-decoder language model, and its answers would be random"
+        )
     return model.to(device).eval(), tokenizer, source
 
 

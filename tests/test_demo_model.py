@@ -182,3 +182,18 @@ def test_held_out_prompts_are_the_shipped_ones():
     assert [ex.to_dict() for ex in script.held_out()] == [
         ex.to_dict() for ex in load_eval_prompts()
     ]
+
+
+def test_words_the_vocabulary_lacks(demo):
+    """A baseline outside the vocabulary is refused; a target with such words is explained
+    (Captum's behaviour) but with a warning that it explains the unknown token."""
+    model, tok = demo
+    prompt = "the key of box seven is red . the key of box seven is"
+    with pytest.raises(ValueError, match="'zebra' is not in this tokenizer's vocabulary"):
+        TextTokenInput(prompt, tok, baselines="zebra")
+    TextTokenInput(prompt, tok, baselines="<unk>")  # the unknown token, asked for by name
+    llm = LLMAttribution(FeatureAblation(model), tok)
+    with pytest.warns(UserWarning, match="vocabulary lacks.*'<unk>'") as caught:
+        result = llm.attribute(TextTokenInput(prompt, tok), target="zebra")
+    assert caught[0].filename == __file__  # points at the caller
+    assert result.output_tokens == ["<unk>"]

@@ -37,8 +37,11 @@ def load_demo_model(device: Any = None) -> tuple[Any, Any]:
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(MODEL_DIR, local_files_only=True)
-    tokenizer = AutoTokenizer.from_pretrained(MODEL_DIR, local_files_only=True)
+    from .._hf import quiet_transformers
+
+    with quiet_transformers():
+        model = AutoModelForCausalLM.from_pretrained(MODEL_DIR, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(MODEL_DIR, local_files_only=True)
     if device is not None:
         model = model.to(device)
     return model.eval(), tokenizer

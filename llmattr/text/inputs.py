@@ -36,6 +36,14 @@ __all__ = [
 ]
 
 
+def unknown_text(tokenizer: Any, text: str, ids: Sequence[int]) -> bool:
+    """Whether ``text`` has words the tokenizer's vocabulary lacks: its ids hold the unknown
+    token although the text does not spell that token out."""
+    unk_id = getattr(tokenizer, "unk_token_id", None)
+    unk = getattr(tokenizer, "unk_token", None)
+    return unk_id is not None and int(unk_id) in [int(i) for i in ids] and str(unk) not in text
+
+
 def _baseline_id(tokenizer: Any, baseline: int | str | None) -> int:
     """One token id for a baseline given as an id, a one-token string, or None (pad / unk)."""
     if baseline is None:
@@ -52,6 +60,12 @@ def _baseline_id(tokenizer: Any, baseline: int | str | None) -> int:
             f"The baseline string {baseline!r} is {len(ids)} tokens for this tokenizer; a token "
             "baseline must be exactly one token (it replaces one token, keeping positions). Use "
             "a token id, a one-token string, or TextTemplateInput for replacement strings."
+        )
+    if unknown_text(tokenizer, baseline, ids):
+        raise ValueError(
+            f"The baseline string {baseline!r} is not in this tokenizer's vocabulary: it encodes "
+            f"to the unknown token {tokenizer.unk_token!r}. Pass a word the vocabulary has, or "
+            f"{tokenizer.unk_token!r} itself if the unknown token is the baseline you want."
         )
     return int(ids[0])
 

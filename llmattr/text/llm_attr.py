@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import warnings
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -29,7 +30,7 @@ from .._core.base import Attribution
 from ..attr.ablation import FeatureAblation
 from ..attr.lime import KernelShap, Lime
 from ..attr.shapley import ShapleyValues, ShapleyValueSampling
-from .inputs import _skip_token_id, _TokenFeatures
+from .inputs import _skip_token_id, _TokenFeatures, unknown_text
 from .result import LLMAttributionResult
 from .scorer import Scorer, check_context, model_device
 from .templates import TextTemplateInput
@@ -83,6 +84,14 @@ def _target_ids(
         # No BOS/EOS: the target is exactly the continuation written. A special token written
         # out in the string (e.g. "</s>") is kept as that token, so an EOS can be explained.
         ids = torch.tensor(tokenizer.encode(target, add_special_tokens=False), dtype=torch.long)
+        if unknown_text(tokenizer, target, ids.tolist()):
+            shown = tokenizer.convert_ids_to_tokens(ids.tolist())
+            warnings.warn(
+                f"The target {target!r} has words this tokenizer's vocabulary lacks: it is "
+                f"encoded as {shown}, so the attributions explain the unknown token.",
+                UserWarning,
+                stacklevel=4,
+            )
     else:
         ids = torch.as_tensor(target, dtype=torch.long).reshape(-1)
     if skip:

@@ -12,6 +12,21 @@ from typing import Any
 
 __all__ = ["colored_prompt", "display_names", "feature_spans", "summary"]
 
+# what one attribution value means, by method (the line under the target)
+_MEANING = {
+    None: "how much the feature raises log p(target) (negative: lowers it)",
+    "FeatureAblation": "change of log p(target) when the feature is replaced by the baseline "
+    "(positive: the feature raises it)",
+    "ShapleyValueSampling": "the feature's average contribution to log p(target) over random "
+    "orders of adding features (Shapley value; positive: raises it)",
+    "Lime": "the feature's weight in a linear model of log p(target) fitted to prompts with "
+    "random features removed (positive: raises it)",
+    "KernelShap": "the feature's Shapley value for log p(target), estimated by a weighted linear "
+    "fit (positive: raises it)",
+    "LayerIntegratedGradients": "integrated gradients of log p(target) along the path from the "
+    "baseline token's embedding to the feature's (positive: raises it)",
+}
+
 # xterm-256 background levels, weakest to strongest
 _REDS = (224, 217, 210, 203, 196)
 _BLUES = (195, 153, 117, 75, 33)
@@ -101,7 +116,7 @@ def summary(
     lines = [
         f"method: {result.method} over {n} feature{'s' * (n != 1)}",
         f"target: {target!r} ({k} token{'s' * (k != 1)}, probability {joint:.3g})",
-        "attribution: change of log p(target) the feature causes (positive: raises it)",
+        f"attribution: {_MEANING.get(result.method, _MEANING[None])}",
     ]
     if color:
         legend = f"{_paint(' raises ', 1, 1)} {_paint(' lowers ', -1, 1)}"
