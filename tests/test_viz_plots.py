@@ -87,6 +87,9 @@ def test_layer_token_map_from_per_layer_attributions():
     expected = torch.stack([layer[0].sum(-1) for layer in layers]).double().numpy()
     assert np.allclose(image.get_array(), expected)
     assert _labels(ax.get_yticklabels()) == ["layer 0", "layer 1", "layer 2"]
+    # the same maps stacked into one (layers, 1, tokens, hidden) tensor
+    _fig, ax = plot_layer_token_attr(torch.stack(layers), TOKENS)
+    assert np.allclose(ax.get_images()[0].get_array(), expected)
 
 
 def test_layer_token_map_errors():

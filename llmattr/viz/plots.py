@@ -144,10 +144,12 @@ def _layer_rows(attr: Any) -> np.ndarray:
             rows.append(row)
         return np.stack(rows) if rows else np.zeros((0, 0))
     data = as_array(attr)
+    if data.ndim > 2:  # (layers, [1,] tokens, hidden, ...): the per-layer maps stacked
+        return _layer_rows(list(data))
     if data.ndim != 2:
         raise ValueError(
-            f"attr must be (layers, tokens) or a list of per-layer attributions; "
-            f"got shape {data.shape}."
+            f"attr must be (layers, tokens), a stack of per-layer attributions or a list of "
+            f"them; got shape {data.shape}."
         )
     return data
 
@@ -164,9 +166,10 @@ def plot_layer_token_attr(
 
     Args:
         attr: a ``(n_layers, n_tokens)`` tensor or array, or a list with one attribution per
-            layer (e.g. what ``LayerIntegratedGradients`` returns for a list of layers): each is
-            reduced to one value per token by dropping a leading batch dimension of size 1 and
-            summing the dimensions after the token dimension.
+            layer (e.g. what ``LayerIntegratedGradients`` returns for a list of layers), or
+            those stacked along a first layer dimension (``(n_layers, 1, n_tokens, hidden)``):
+            each layer's attribution is reduced to one value per token by dropping a leading
+            batch dimension of size 1 and summing the dimensions after the token dimension.
         tokens: the column labels.
         layer_names: the row labels (default: ``"layer 0"``, ``"layer 1"``, ...).
         ax: draw on these axes (default: a new figure).
