@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from llmattr import normalize_attr, visualize_image_attr, visualize_image_attr_multiple
@@ -194,7 +195,8 @@ def test_multiple_draws_one_panel_per_method():
     fig, axes = visualize_image_attr_multiple(
         ATTR, IMAGE, methods, signs, titles=["a", "b", "c", "d"], use_pyplot=False, outlier_perc=0
     )
-    assert len(axes) == 4 and all(ax.figure is fig for ax in axes)
+    assert isinstance(axes, list) and len(axes) == 4  # a list, as Captum's
+    assert all(isinstance(ax, Axes) and ax.figure is fig for ax in axes)
     assert [ax.get_title() for ax in axes] == ["a", "b", "c", "d"]
     assert np.array_equal(_arrays(axes[0])[0], PIXELS)
     assert np.allclose(_arrays(axes[1])[0], SUMS / 8)
@@ -203,7 +205,7 @@ def test_multiple_draws_one_panel_per_method():
 
 def test_multiple_with_one_method_and_mismatches():
     fig, axes = visualize_image_attr_multiple(ATTR, IMAGE, ["heat_map"], ["all"], use_pyplot=False)
-    assert isinstance(axes, list) and len(axes) == 1 and axes[0].figure is fig
+    assert isinstance(axes, Axes) and axes.figure is fig  # one method: the Axes itself
     with pytest.raises(ValueError, match="2 methods but 1 signs"):
         visualize_image_attr_multiple(ATTR, IMAGE, ["heat_map", "heat_map"], ["all"])
     with pytest.raises(ValueError, match="1 titles for 2 methods"):

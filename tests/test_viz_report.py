@@ -256,17 +256,53 @@ def test_result_without_token_attr_has_no_heatmap():
     assert _data(tree.find_all("section")[0])["token_attr"] == []
 
 
-def test_non_finite_values_are_shown_as_nan_and_stay_valid_json():
-    r = _result(inputs=["a", "b", "c"], outputs=["x"], info={})
-    r.seq_attr[:] = torch.tensor([math.nan, 2.0, -math.inf])
-    r.token_attr[0, 0] = math.nan
+def test_non_finite_values_are_shown_and_stay_valid_json():
+    r = _result(inputs=["a", "b", "c", "d"], outputs=["x"], info={})
+    r.seq_attr[:] = torch.tensor([math.nan, 2.0, -math.inf, math.inf])
+    r.token_attr[0, :] = torch.tensor([math.nan, 1.0, math.inf, -math.inf])
     tree = parse(html_report(r))
     chips = tree.find_all("span", "tok")
     assert chips[0].attrs["title"] == "a: nan" and chips[0].classes[1] == f"q{palette.LEVELS}"
     assert chips[1].classes[1] == f"q{2 * palette.LEVELS}"  # the limit ignores non-finite
+    # Infinities take the strongest colour of their sign; only NaN stays neutral.
+    assert chips[2].attrs["title"] == "c: -inf" and chips[2].classes[1] == "q0"
+    assert chips[3].attrs["title"] == "d: +inf" and chips[3].classes[1] == f"q{2 * palette.LEVELS}"
+    cells = tree.find_all("td")
+    assert [c.text for c in cells] == ["nan", "+1.00", "+inf", "-inf"]
+    assert [c.classes[0] for c in cells] == ["q10", "q20", "q20", "q0"]
     d = _data(tree.find_all("section")[0])
-    assert d["seq_attr"] == [None, 2.0, None] and d["seq_limit"] == 2.0
-    assert tree.find_all("td")[0].text == "nan"
+    assert d["seq_attr"] == [None, 2.0, "-inf", "inf"] and d["seq_limit"] == 2.0
+    assert d["token_attr"] == [[None, 1.0, "inf", "-inf"]] and d["token_limit"] == 1.0
+
+
+def _meta(result) -> str:
+    (meta,) = parse(html_report(result)).find_all("p", "meta")
+    return meta.text
+
+
+def test_summary_line_counts_with_plurals():
+    assert "· 1 prompt feature · 1 target token ·" in _meta(
+        _result(inputs=["a"], outputs=["x"], info={})
+    )
+    assert "· 2 prompt features · 3 target tokens ·" in _meta(
+        _result(inputs=["a", "b"], outputs=["x", "y", "z"], info={})
+    )
+
+
+def test_summary_sum_is_not_silent_about_non_finite_values():
+    r = _result(inputs=["a", "b", "c"], outputs=["x"], info={})
+    r.seq_attr[:] = torch.tensor([0.5, 1.25, -0.25])
+    assert _meta(r).endswith("sum of attributions +1.5")
+    r.seq_attr[:] = torch.tensor([0.5, math.nan, 1.0])
+    assert _meta(r).endswith("sum of attributions nan (1 non-finite value)")
+    r.seq_attr[:] = torch.tensor([math.inf, math.nan, 1.0])
+    assert _meta(r).endswith("sum of attributions nan (2 non-finite values)")
+    r.seq_attr[:] = torch.tensor([math.inf, 2.0, math.inf])
+    assert _meta(r).endswith("sum of attributions +inf (2 non-finite values)")
+    r.seq_attr[:] = torch.tensor([-math.inf, 2.0, 1.0])
+    assert _meta(r).endswith("sum of attributions -inf (1 non-finite value)")
+    r.seq_attr[:] = torch.tensor([-math.inf, 2.0, math.inf])
+    assert _meta(r).endswith("sum of attributions nan (2 non-finite values)")
 
 
 def test_several_results_in_one_report():

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +15,7 @@ from test_viz_report import parse
 
 from llmattr import VisualizationDataRecord, visualize_text
 from llmattr.viz import palette
-from llmattr.viz.text import HTMLString
+from llmattr.viz.text import HTMLString, ShownHTML
 
 FIELDS = [
     "word_attributions",
@@ -110,29 +112,101 @@ def test_saves_a_complete_page(tmp_path):
     assert "<script" not in page.lower().replace("&lt;script", "")
 
 
-def _fake_ipython(monkeypatch, kernel: bool) -> list:
+def _fake_ipython(monkeypatch, kernel: bool) -> tuple[list, types.SimpleNamespace]:
     shown: list = []
-    shell = types.SimpleNamespace(kernel=object() if kernel else None)
+    shell = types.SimpleNamespace(kernel=object() if kernel else None, execution_count=5)
     ipython = types.ModuleType("IPython")
     ipython.get_ipython = lambda: shell
     display_mod = types.ModuleType("IPython.display")
-    display_mod.display = shown.append
+    display_mod.display = lambda obj, **kwargs: shown.append(obj)
     ipython.display = display_mod
     monkeypatch.setitem(sys.modules, "IPython", ipython)
     monkeypatch.setitem(sys.modules, "IPython.display", display_mod)
-    return shown
+    return shown, shell
 
 
-def test_in_a_notebook_it_displays_and_returns_only_on_request(monkeypatch):
-    shown = _fake_ipython(monkeypatch, kernel=True)
-    assert visualize_text([_record()]) is None
-    out = visualize_text([_record()], return_html=True)
-    assert isinstance(out, HTMLString) and len(shown) == 2 and shown[1] == out
+def test_in_a_notebook_it_displays_once_and_always_returns(monkeypatch):
+    shown, shell = _fake_ipython(monkeypatch, kernel=True)
+    out = visualize_text([_record()])
+    assert isinstance(out, ShownHTML) and isinstance(out, HTMLString)
+    assert len(shown) == 1 and shown[0] == out and out.data == str(out)
+    assert out.shown_in == 5
+    # return_html has no effect any more: the table is shown and returned either way.
+    for flag in (True, False):
+        assert visualize_text([_record()], return_html=flag) == out
+    assert len(shown) == 3
+    del shown[:]
+    out._ipython_display_()  # the same cell's echo: nothing more
+    assert shown == []
+    shell.execution_count = 6  # a later cell shows it again
+    out._ipython_display_()
+    assert shown == [{"text/html": str(out), "text/plain": repr(str(out))}]
 
 
 def test_outside_a_notebook_it_returns_the_html(monkeypatch):
-    shown = _fake_ipython(monkeypatch, kernel=False)  # a terminal IPython: no kernel
-    assert "Word Importance" in visualize_text([_record()])
+    shown, _shell = _fake_ipython(monkeypatch, kernel=False)  # a terminal IPython: no kernel
+    out = visualize_text([_record()])
+    assert "Word Importance" in out and out.shown_in is None
+    out._ipython_display_()  # never shown: a terminal IPython prints it
+    assert len(shown) == 1
     monkeypatch.delitem(sys.modules, "IPython")
     assert "Word Importance" in visualize_text([_record()], return_html=False)
-    assert shown == []
+
+
+def test_words_keep_their_text_and_infinities_take_the_strongest_colour():
+    rec = _record(words=("<s>", "up", "down", "gap"))
+    rec.word_attributions = [0.5, math.inf, -math.inf, math.nan]
+    spans = parse(visualize_text([rec], legend=False)).find_all("span")
+    assert [s.text for s in spans] == ["<s>", "up", "down", "gap"]  # as given, escaped
+    assert [s.attrs["title"] for s in spans] == ["+0.5000", "+inf", "-inf", "nan"]
+    backgrounds = [s.attrs["style"].split("background:")[1].split(";")[0] for s in spans]
+    assert backgrounds[1:] == [
+        palette.colour(palette.LEVELS),
+        palette.colour(-palette.LEVELS),
+        palette.colour(0),
+    ]
+
+
+# ---- in a real kernel ------------------------------------------------------------------------
+
+RECORDS = """from llmattr import VisualizationDataRecord, visualize_text
+recs = [VisualizationDataRecord([0.5, -0.5], 0.9, "pos", "pos", "pos", 0.0, ["good", "<b>"], None)]
+"""
+
+
+def _run_cells(sources: list[str]) -> list:
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(src) for src in sources]
+    root = str(Path(__file__).resolve().parents[1])
+    client = nbclient.NotebookClient(
+        nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": root}}
+    )
+    client.execute()
+    return [cell.outputs for cell in nb.cells]
+
+
+def _html(outputs: list) -> list[str]:
+    return [out["data"]["text/html"] for out in outputs if "text/html" in out.get("data", {})]
+
+
+def test_in_a_kernel_the_table_shows_once_and_the_result_stays_usable():
+    outputs = _run_cells(
+        [
+            RECORDS,
+            "visualize_text(recs)",  # the last expression: shown once, not echoed again
+            "h = visualize_text(recs, return_html=True)\nh",
+            "print(type(h.data).__name__, 'Word Importance' in h.data, h.data == _)",
+            "h",  # a later cell shows it again
+            "visualize_text(recs, legend=False);",
+        ]
+    )
+    first, assigned, data, later, quiet = outputs[1:]
+    assert len(first) == 1 and len(_html(first)) == 1
+    table = _html(first)[0]
+    assert "Word Importance" in table and "&lt;b&gt;" in table
+    assert len(assigned) == 1 and _html(assigned) == [table]
+    assert [out.get("text") for out in data] == ["str True True\n"]
+    assert len(later) == 1 and _html(later) == [table]
+    assert len(quiet) == 1 and "Legend" not in _html(quiet)[0]

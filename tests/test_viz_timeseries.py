@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
+from matplotlib.axes import Axes
 from matplotlib.collections import LineCollection, QuadMesh
 
 from llmattr import normalize_attr, visualize_timeseries_attr
@@ -57,10 +58,11 @@ def test_strip_cells_span_the_midpoints_between_samples():
 
 
 def test_overlay_combined_sums_channels_into_one_strip():
-    _fig, axes = _draw(
+    _fig, ax = _draw(
         method="overlay_combined", sign="positive", outlier_perc=0, channel_labels=["a", "b"]
     )
-    assert len(axes) == 1
+    assert isinstance(ax, Axes)  # one panel: a single Axes, as Captum returns
+    axes = [ax]
     lines = axes[0].get_lines()
     assert [list(line.get_ydata()) for line in lines] == [list(DATA[:, 0]), list(DATA[:, 1])]
     total = np.maximum(ATTR.sum(axis=1), 0)
@@ -118,3 +120,23 @@ def test_refusals():
         visualize_timeseries_attr(ATTR, DATA, plt_fig_axis=(fig, ax))
     with pytest.warns(UserWarning, match="channels_last"):
         visualize_timeseries_attr(ATTR.T, DATA.T, use_pyplot=False)  # (C, N) passed as (N, C)
+
+
+def test_default_method_is_overlay_individual_as_captums():
+    import inspect
+
+    default = inspect.signature(visualize_timeseries_attr).parameters["method"].default
+    assert default == "overlay_individual"
+    _fig, axes = _draw(sign="all")
+    assert isinstance(axes, np.ndarray) and len(axes) == C
+    for ax in axes:
+        assert (
+            len(ax.get_lines()) == 1
+            and len([m for m in ax.collections if isinstance(m, QuadMesh)]) == 1
+        )
+
+
+def test_one_channel_gives_a_single_axes():
+    fig, ax = visualize_timeseries_attr(ATTR[:, :1], DATA[:, :1], use_pyplot=False)
+    assert isinstance(ax, Axes) and ax.figure is fig
+    assert np.array_equal(ax.get_lines()[0].get_ydata(), DATA[:, 0])

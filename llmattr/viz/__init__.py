@@ -4,15 +4,34 @@ time-series visualizations, and matplotlib plots of token and layer × token att
 ``from llmattr import viz`` stands in for ``from captum.attr import visualization as viz``.
 """
 
-from .image import visualize_image_attr, visualize_image_attr_multiple
+from .image import (
+    ImageVisualizationMethod,
+    VisualizeSign,
+    visualize_image_attr,
+    visualize_image_attr_multiple,
+)
 from .plots import plot_layer_token_attr, plot_seq_attr, plot_token_attr
 from .report import html_report
 from .scale import normalize_attr
-from .text import VisualizationDataRecord, visualize_text
-from .timeseries import visualize_timeseries_attr
+from .text import (
+    VisualizationDataRecord,
+    format_classname,
+    format_special_tokens,
+    format_tooltip,
+    format_word_importances,
+    visualize_text,
+)
+from .timeseries import TimeseriesVisualizationMethod, visualize_timeseries_attr
 
 __all__ = [
+    "ImageVisualizationMethod",
+    "TimeseriesVisualizationMethod",
     "VisualizationDataRecord",
+    "VisualizeSign",
+    "format_classname",
+    "format_special_tokens",
+    "format_tooltip",
+    "format_word_importances",
     "html_report",
     "normalize_attr",
     "plot_layer_token_attr",

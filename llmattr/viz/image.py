@@ -10,6 +10,7 @@ every method, all-zero attributions give a blank map instead of an error, and ba
 from __future__ import annotations
 
 from collections.abc import Sequence
+from enum import Enum
 from typing import Any
 
 import numpy as np
@@ -17,9 +18,37 @@ import numpy as np
 from .figure import new_figure, show_figure, sign_colormap
 from .scale import as_array, check_sign, normalize_attr
 
-__all__ = ["IMAGE_METHODS", "visualize_image_attr", "visualize_image_attr_multiple"]
+__all__ = [
+    "IMAGE_METHODS",
+    "ImageVisualizationMethod",
+    "VisualizeSign",
+    "visualize_image_attr",
+    "visualize_image_attr_multiple",
+]
 
-IMAGE_METHODS = ("heat_map", "blended_heat_map", "original_image", "masked_image", "alpha_scaling")
+
+class ImageVisualizationMethod(Enum):
+    """The ``method`` choices of :func:`visualize_image_attr` (Captum's names and values); the
+    functions take the member's name."""
+
+    heat_map = 1
+    blended_heat_map = 2
+    original_image = 3
+    masked_image = 4
+    alpha_scaling = 5
+
+
+class VisualizeSign(Enum):
+    """The ``sign`` choices of the image and time-series views (Captum's names and values); the
+    functions take the member's name."""
+
+    positive = 1
+    absolute_value = 2
+    negative = 3
+    all = 4
+
+
+IMAGE_METHODS = tuple(m.name for m in ImageVisualizationMethod)
 
 
 def _pixels(image: Any) -> np.ndarray:
@@ -182,7 +211,8 @@ def visualize_image_attr_multiple(
             ``cmap``, ``alpha_overlay``, ``show_colorbar``).
 
     Returns:
-        ``(fig, axes)``: an array of axes, or a one-element list for one method (as Captum).
+        ``(fig, axes)`` as Captum's: ``axes`` is a single ``Axes`` for one method and a list of
+        them for several.
     """
     if len(methods) != len(signs):
         raise ValueError(f"Got {len(methods)} methods but {len(signs)} signs.")
@@ -191,9 +221,8 @@ def visualize_image_attr_multiple(
     for method, sign in zip(methods, signs):  # fail before drawing anything
         _check_method(method)
         check_sign(sign)
-    fig, axes = new_figure(fig_size, use_pyplot, ncols=len(methods))
-    if len(methods) == 1:
-        axes = [axes]
+    fig, grid = new_figure(fig_size, use_pyplot, ncols=len(methods), squeeze=False)
+    axes: list[Any] = grid.reshape(-1).tolist()
     for i, (method, sign) in enumerate(zip(methods, signs)):
         visualize_image_attr(
             attr,
@@ -208,4 +237,4 @@ def visualize_image_attr_multiple(
     fig.tight_layout()
     if use_pyplot:
         show_figure()
-    return fig, axes
+    return fig, (axes[0] if len(axes) == 1 else axes)

@@ -19,8 +19,11 @@ _DARK_FROM = 6  # levels this far from neutral get white text
 
 def level(value: float, limit: float) -> int:
     """The step of ``value`` on a scale whose ends are ``-limit`` and ``+limit``: an int in
-    ``[-LEVELS, LEVELS]``; 0 for non-finite values."""
-    if not math.isfinite(value) or limit <= 0:
+    ``[-LEVELS, LEVELS]``; ``+inf`` and ``-inf`` take the strongest step of their sign, NaN is
+    neutral (0)."""
+    if math.isinf(value):
+        return LEVELS if value > 0 else -LEVELS
+    if math.isnan(value) or limit <= 0:
         return 0
     return max(-LEVELS, min(LEVELS, round(value / limit * LEVELS)))
 

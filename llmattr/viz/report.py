@@ -82,6 +82,7 @@ _SCRIPT = """(function () {
   }
   function num(v) {
     if (v === null) return "nan";
+    if (!isFinite(v)) return (v < 0 ? "-" : "+") + "inf";
     var a = Math.abs(v), s = (a >= 1e-3 && a < 1e4) || a === 0 ? a.toFixed(4) : a.toExponential(3);
     // Two exponent digits, as Python's "{:+.3e}" writes them.
     s = s.replace(/e([+-])(\\d)$/, function (m, sign, digit) { return "e" + sign + "0" + digit; });
@@ -101,6 +102,12 @@ _SCRIPT = """(function () {
     if (sec.getAttribute("data-ready")) return;
     sec.setAttribute("data-ready", "1");
     var d = JSON.parse(sec.querySelector("script.llmattr-data").textContent);
+    function real(vals) {  // JSON has no infinities: they come as "inf" and "-inf"
+      return vals.map(function (v) {
+        return v === "inf" ? Infinity : v === "-inf" ? -Infinity : v;
+      });
+    }
+    d.seq_attr = real(d.seq_attr); d.token_attr = d.token_attr.map(real);
     var chips = sec.querySelectorAll(".prompt .tok"), cols = sec.querySelectorAll("th.col");
     var caption = sec.querySelector(".legend.seq .note"), table = sec.querySelector("table.hm");
     var lit = null, chosen = -1;
@@ -203,14 +210,14 @@ def _floats(x: Any) -> list[float]:
 
 
 def _value(v: float) -> str:
-    """What hovering shows (the page's script formats the same way)."""
-    if not math.isfinite(v):
+    """What hovering shows (the page's script formats the same way): ``+inf``, ``nan``."""
+    if math.isnan(v):
         return "nan"
     return f"{v:+.4f}" if 1e-3 <= abs(v) < 1e4 or v == 0 else f"{v:+.3e}"
 
 
 def _cell(v: float, limit: float) -> str:
-    if not math.isfinite(v):
+    if math.isnan(v):
         return "nan"
     return f"{v:+.2f}" if 0.01 <= limit < 1000 else f"{v:+.1e}"
 
@@ -222,10 +229,32 @@ def _chip(name: str, value: float, limit: float) -> str:
     )
 
 
-def _rounded(values: list[float]) -> list[float | None]:
+def _rounded(values: list[float]) -> list[float | str | None]:
     # Six significant digits are plenty to read and keep the data block of a 1,000 × 100 map
-    # near 1 MB; result.save() keeps every bit.
-    return [float(f"{v:.6g}") if math.isfinite(v) else None for v in values]
+    # near 1 MB; result.save() keeps every bit. JSON has no NaN or infinity: NaN is written as
+    # null, infinities as "inf" and "-inf" (the script reads them back).
+    return [_json_number(v) for v in values]
+
+
+def _json_number(v: float) -> float | str | None:
+    if math.isfinite(v):
+        return float(f"{v:.6g}")
+    return None if math.isnan(v) else ("inf" if v > 0 else "-inf")
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _total(values: list[float]) -> str:
+    """The sum of ``values`` as the summary line shows it: ``nan`` or ``±inf`` when some are
+    not finite, saying how many."""
+    total = sum(values)
+    if math.isfinite(total) and all(math.isfinite(v) for v in values):
+        return f"{total:+.4g}"
+    bad = sum(not math.isfinite(v) for v in values)
+    shown = "nan" if math.isnan(total) else f"{total:+}"
+    return f"{shown} ({_plural(bad, 'non-finite value')})"
 
 
 def default_title(result: LLMAttributionResult) -> str:
@@ -258,11 +287,11 @@ def result_section(result: LLMAttributionResult, title: str, anchor: str) -> str
     seq_limit = symmetric_limit(seq)
     token_limit = symmetric_limit([v for row in rows for v in row])
 
-    total = sum(v for v in seq if math.isfinite(v))
     parts = [
         f'<section class="llmattr-result" id="{anchor}"><h2>{escape(title)}</h2>',
-        f'<p class="meta">{escape(result.method or "attribution")} · {len(names)} prompt '
-        f"features · {len(targets)} target tokens · sum of attributions {total:+.4g}</p>",
+        f'<p class="meta">{escape(result.method or "attribution")} · '
+        f"{_plural(len(names), 'prompt feature')} · {_plural(len(targets), 'target token')} · "
+        f"sum of attributions {_total(seq)}</p>",
     ]
     if result.info:
         items = "".join(

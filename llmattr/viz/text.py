@@ -1,15 +1,19 @@
-"""Captum-compatible text visualization: ``VisualizationDataRecord`` and ``visualize_text``.
+"""Captum-compatible text visualization: ``VisualizationDataRecord``, ``visualize_text`` and
+Captum's HTML helpers ``format_word_importances``, ``format_classname``,
+``format_special_tokens`` and ``format_tooltip``.
 
-Same record fields and the same table as Captum's, with two differences: every word and label is
-HTML-escaped (Captum inserts them raw, so a ``<script>`` token would run), and the words are
-coloured with llmattr's red/blue scale instead of green/red. IPython is optional.
+Same record fields, table and cells as Captum's, with these differences: every word and label is
+HTML-escaped (Captum inserts them raw, so a ``<script>`` token would run); the words are
+coloured with llmattr's red/blue scale instead of green/red; and ``visualize_text`` shows each
+token as given (escaped), where Captum's turns ``"<s>"`` into ``"#s"`` (the helper
+``format_word_importances`` does turn it, as Captum's). IPython is optional.
 """
 
 from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +22,16 @@ from . import palette
 from .report import escape, page
 from .scale import as_array
 
-__all__ = ["HTMLString", "VisualizationDataRecord", "visualize_text"]
+__all__ = [
+    "HTMLString",
+    "ShownHTML",
+    "VisualizationDataRecord",
+    "format_classname",
+    "format_special_tokens",
+    "format_tooltip",
+    "format_word_importances",
+    "visualize_text",
+]
 
 
 @dataclass(slots=True)
@@ -59,10 +72,32 @@ class HTMLString(str):
         return str(self)
 
 
+class ShownHTML(HTMLString):
+    """The :class:`HTMLString` that :func:`visualize_text` returns: it remembers the notebook
+    cell that already displayed it, so that being that cell's last expression does not show the
+    table a second time. Displayed from any later cell, it renders as usual."""
+
+    shown_in: int | None = None  # the kernel's execution count when it was displayed
+
+    def _ipython_display_(self) -> None:
+        shell = _kernel_shell()
+        if (
+            shell is not None
+            and self.shown_in is not None
+            and self.shown_in == getattr(shell, "execution_count", None)
+        ):
+            return  # the echo of the cell that displayed it: no second copy
+        from IPython.display import display
+
+        display({"text/html": str(self), "text/plain": str.__repr__(self)}, raw=True)
+
+
 _WORD = "padding:1px 3px;margin:0 1px;border-radius:3px;line-height:1.9;white-space:pre-wrap"
 
 
 def _words(words: Any, importances: Any) -> str:
+    """The ``<td>`` of coloured words shared by :func:`visualize_text` and
+    :func:`format_word_importances` (the words as given, escaped)."""
     if importances is None:
         return "<td></td>"
     values = as_array(importances).reshape(-1).tolist()
@@ -74,7 +109,7 @@ def _words(words: Any, importances: Any) -> str:
     marks = []
     for name, v in zip(names, values):
         step = palette.level(v, 1.0)  # values in [-1, 1], as Captum expects; outside: clipped
-        title = f"{v:+.4f}" if math.isfinite(v) else "nan"
+        title = "nan" if math.isnan(v) else f"{v:+.4f}"
         marks.append(
             f'<span style="{_WORD};background:{palette.colour(step)};'
             f'color:{palette.text_colour(step)}" title="{title}">{escape(name)}</span>'
@@ -82,8 +117,44 @@ def _words(words: Any, importances: Any) -> str:
     return f'<td style="padding:4px 8px">{" ".join(marks)}</td>'
 
 
-def _label(text: Any) -> str:
-    return f'<td style="padding:4px 2em 4px 4px"><b>{escape(text)}</b></td>'
+def format_special_tokens(token: str) -> str:
+    """``"<s>"`` → ``"#s"``: a token wrapped in angle brackets loses them and gains a ``#`` (as
+    Captum's). Other tokens come back unchanged. Plain text, not HTML: the functions that put it
+    into HTML escape it."""
+    if token.startswith("<") and token.endswith(">"):
+        return "#" + token.strip("<>")
+    return token
+
+
+def format_word_importances(words: Sequence[str], importances: Any) -> str:
+    """One ``<td>`` cell with each word coloured by its importance (Captum's helper).
+
+    Args:
+        words: the words or tokens; special tokens such as ``"<s>"`` are shown as ``"#s"``
+            (:func:`format_special_tokens`).
+        importances: at least as many values as words (extra ones are ignored), expected in
+            ``[-1, 1]`` (values outside are clipped for colouring); a list, array or tensor.
+
+    Returns:
+        The cell's HTML; ``"<td></td>"`` when ``importances`` is None or empty. Unlike
+        Captum's, every word is HTML-escaped, and the colours are llmattr's red/blue scale.
+    """
+    return _words([format_special_tokens(str(w)) for w in words], importances)
+
+
+def format_classname(classname: Any) -> str:
+    """One ``<td>`` cell with ``classname`` in bold (Captum's helper), HTML-escaped unlike
+    Captum's."""
+    return f'<td style="padding:4px 2em 4px 4px"><b>{escape(classname)}</b></td>'
+
+
+def format_tooltip(item: Any, text: Any) -> str:
+    """``item`` with ``text`` as its tooltip, in Captum's markup (a ``div.tooltip`` holding a
+    ``span.tooltiptext``; the page supplies the CSS that hides and shows it). Both are
+    HTML-escaped, unlike Captum's."""
+    return (
+        f'<div class="tooltip">{escape(item)}<span class="tooltiptext">{escape(text)}</span></div>'
+    )
 
 
 def _number(x: Any) -> float:
@@ -101,14 +172,14 @@ def _table(records: list[VisualizationDataRecord], legend: bool) -> str:
     ]
     for r in records:
         cells = [
-            _label(r.true_class),
-            _label(f"{r.pred_class} ({_number(r.pred_prob):.2f})"),
-            _label(r.attr_class),
-            _label(f"{_number(r.attr_score):.2f}"),
+            format_classname(r.true_class),
+            format_classname(f"{r.pred_class} ({_number(r.pred_prob):.2f})"),
+            format_classname(r.attr_class),
+            format_classname(f"{_number(r.attr_score):.2f}"),
         ]
         if deltas:
             gap = r.convergence_score
-            cells.append(_label("" if gap is None else f"{_number(gap):.2e}"))
+            cells.append(format_classname("" if gap is None else f"{_number(gap):.2e}"))
         cells.append(_words(r.raw_input_ids, r.word_attributions))
         rows.append("<tr>" + "".join(cells) + "</tr>")
     parts = [
@@ -131,15 +202,14 @@ def _table(records: list[VisualizationDataRecord], legend: bool) -> str:
     return "".join(parts)
 
 
-def _notebook_display() -> Any:
-    """IPython's ``display`` when running in a kernel (a notebook), else None."""
+def _kernel_shell() -> Any:
+    """The running IPython shell when it belongs to a kernel (a notebook), else None. IPython
+    is looked up only if already imported, so it stays optional."""
     ipython = sys.modules.get("IPython")
     shell = ipython.get_ipython() if ipython is not None else None
     if shell is None or getattr(shell, "kernel", None) is None:
         return None
-    from IPython.display import display
-
-    return display
+    return shell
 
 
 def visualize_text(
@@ -147,25 +217,30 @@ def visualize_text(
     legend: bool = True,
     return_html: bool = False,
     path: str | Path | None = None,
-) -> HTMLString | None:
+) -> HTMLString:
     """A table of records with their words coloured by attribution (Captum's ``visualize_text``).
 
     Args:
         datarecords: :class:`VisualizationDataRecord` objects, one row each.
         legend: add a colour legend below the table.
-        return_html: return the HTML even when it was displayed in a notebook.
+        return_html: accepted so that code which passes it keeps working; it has no effect
+            (the HTML is always returned).
         path: also write a complete HTML page with the table there (an llmattr addition).
 
     Returns:
-        In a notebook, the table is displayed and returned only with ``return_html=True``;
-        elsewhere it is always returned. The return value is a ``str`` (the HTML fragment)
-        whose ``.data`` is the same text, like IPython's ``HTML`` object.
+        The HTML fragment, as a ``str`` whose ``.data`` is the same text (like the IPython
+        ``HTML`` object Captum returns). In a notebook the table is also displayed, once: left
+        as the cell's last expression it is not echoed again, while showing the returned
+        value from a later cell renders it.
     """
-    fragment = HTMLString(_table(list(datarecords), legend))
+    del return_html  # kept for compatibility only
+    fragment = ShownHTML(_table(list(datarecords), legend))
     if path is not None:
         Path(path).write_text(page("Text attributions", fragment, script=False), encoding="utf-8")
-    display = _notebook_display()
-    if display is None:
-        return fragment
-    display(fragment)
-    return fragment if return_html else None
+    shell = _kernel_shell()
+    if shell is not None:
+        from IPython.display import display
+
+        display(fragment)  # _ipython_display_ renders it: not marked as shown yet
+        fragment.shown_in = getattr(shell, "execution_count", None)
+    return fragment

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from enum import Enum
 from typing import Any, cast
 
 import numpy as np
@@ -16,11 +17,21 @@ import numpy as np
 from .figure import new_figure, show_figure, sign_colormap
 from .scale import as_array, check_sign, normalize_attr
 
-__all__ = ["TIMESERIES_METHODS", "visualize_timeseries_attr"]
+__all__ = ["TIMESERIES_METHODS", "TimeseriesVisualizationMethod", "visualize_timeseries_attr"]
 
-TIMESERIES_METHODS = ("overlay_individual", "overlay_combined", "colored_graph")
-# Captum's signature defaults to "individual_channels", which its docs describe as
-# "overlay_individual"; both names are accepted here.
+
+class TimeseriesVisualizationMethod(Enum):
+    """The ``method`` choices of :func:`visualize_timeseries_attr` (Captum's names and values);
+    the function takes the member's name."""
+
+    overlay_individual = 1
+    overlay_combined = 2
+    colored_graph = 3
+
+
+TIMESERIES_METHODS = tuple(m.name for m in TimeseriesVisualizationMethod)
+# "individual_channels", the default of some older Captum releases, is accepted as another name
+# for "overlay_individual" (Captum 0.9's default).
 _ALIASES = {"individual_channels": "overlay_individual"}
 
 
@@ -57,7 +68,7 @@ def visualize_timeseries_attr(
     attr: Any,
     data: Any,
     x_values: Any = None,
-    method: str = "individual_channels",
+    method: str = "overlay_individual",
     sign: str = "absolute_value",
     channel_labels: Sequence[str] | None = None,
     channels_last: bool = True,
@@ -97,7 +108,9 @@ def visualize_timeseries_attr(
         **pyplot_kwargs: passed to the curves (``linewidth=2``, ``color="k"``, ...).
 
     Returns:
-        ``(fig, axes)`` with ``axes`` a numpy array of the panels.
+        ``(fig, axes)`` as Captum's: the ``plt_fig_axis`` axes when given; otherwise a single
+        ``Axes`` for one panel (``overlay_combined``, or one channel) and a numpy array of the
+        panels for several.
     """
     kind = _ALIASES.get(method, method)
     if kind not in TIMESERIES_METHODS:
@@ -126,10 +139,10 @@ def visualize_timeseries_attr(
 
     panels = 1 if kind == "overlay_combined" else channels
     if plt_fig_axis is not None:
-        fig, axes = plt_fig_axis
+        fig, given = plt_fig_axis
     else:
-        fig, axes = new_figure(fig_size, use_pyplot, nrows=panels, sharex=True, squeeze=False)
-    axes = np.asarray(axes, dtype=object).reshape(-1)
+        fig, given = new_figure(fig_size, use_pyplot, nrows=panels, sharex=True)
+    axes = np.asarray(given, dtype=object).reshape(-1)
     if len(axes) != panels:
         raise ValueError(f"method={method!r} draws {panels} panels; got {len(axes)} axes.")
     if kind == "overlay_combined":
@@ -189,4 +202,4 @@ def visualize_timeseries_attr(
         axes[0].set_title(title)
     if use_pyplot:
         show_figure()
-    return fig, axes
+    return fig, given
