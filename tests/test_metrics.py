@@ -1,0 +1,113 @@
+"""Faithfulness metrics (llmattr.metrics): comprehensiveness and sufficiency against a
+brute-force computation in the test, on the shipped demo model (word-level tokenizer, BOS
+prepended) and with word features on it."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from llmattr import FeatureAblation, LLMAttribution, LLMAttributionResult, TextTokenInput, words
+from llmattr.demo import load_demo_model
+from llmattr.metrics import Faithfulness, faithfulness, top_features
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+PROMPT = "the key of box seven is red . the key of box two is blue . the key of box seven is"
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return load_demo_model()
+
+
+def _result(seq_attr, target=("red",)) -> LLMAttributionResult:
+    seq = torch.as_tensor(seq_attr, dtype=torch.float32)
+    return LLMAttributionResult(
+        seq_attr=seq,
+        token_attr=None,
+        input_tokens=[f"f{i}" for i in range(len(seq))],
+        output_tokens=list(target),
+        output_probs=None,
+        method="test",
+    )
+
+
+def brute_prob(model, tok, words_in_prompt, removed, target) -> float:
+    """p(target | the prompt with the words at ``removed`` replaced by <pad>), by one plain
+    forward over prompt + target and the softmax at each target position."""
+    shown = [("<pad>" if i in removed else w) for i, w in enumerate(words_in_prompt)]
+    prompt = [tok.bos_token_id, *tok.convert_tokens_to_ids(shown)]
+    tgt = tok.convert_tokens_to_ids(list(target))
+    ids = torch.tensor([prompt + tgt])
+    with torch.no_grad():
+        logp = model(ids).logits[0].double().log_softmax(-1)
+    total = sum(float(logp[len(prompt) - 1 + j, t]) for j, t in enumerate(tgt))
+    return float(torch.tensor(total).exp())
+
+
+def test_top_features_orders_by_value_then_position():
+    r = _result([0.5, 2.0, -1.0, 2.0, 0.0])
+    assert top_features(r, 1) == [1]
+    assert top_features(r, 3) == [1, 3, 0]  # the tie at 2.0 goes to the earlier feature
+    assert top_features(r, 5) == [1, 3, 0, 4, 2]
+    for k in (0, 6):
+        with pytest.raises(ValueError, match="k must be between 1 and the number of features"):
+            top_features(r, k)
+
+
+@pytest.mark.parametrize("target", [("red",), ("red", "<eos>")])
+def test_equals_brute_force_removal(demo, target):
+    model, tok = demo
+    prompt_words = PROMPT.split()
+    n = len(prompt_words)
+    gen = torch.Generator().manual_seed(0)
+    result = _result(torch.randn(n, generator=gen), target)
+    scores = faithfulness(model, tok, TextTokenInput(PROMPT, tok), result, ks=(1, 3, n))
+    assert isinstance(scores, Faithfulness)
+    full = brute_prob(model, tok, prompt_words, set(), target)
+    assert scores.prob == pytest.approx(full, rel=1e-4, abs=1e-7)
+    for k in (1, 3, n):
+        top = set(top_features(result, k))
+        rest = set(range(n)) - top
+        without = brute_prob(model, tok, prompt_words, top, target)
+        only = brute_prob(model, tok, prompt_words, rest, target)
+        assert scores.comprehensiveness[k] == pytest.approx(full - without, rel=1e-4, abs=1e-6)
+        assert scores.sufficiency[k] == pytest.approx(full - only, rel=1e-4, abs=1e-6)
+    # keeping every feature is the prompt itself; removing every one leaves only baselines
+    assert scores.sufficiency[n] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_a_good_ranking_beats_a_bad_one(demo):
+    """FeatureAblation's ranking removes more of the answer than its reverse: the metric tells
+    faithful explanations from unfaithful ones."""
+    model, tok = demo
+    inp = TextTokenInput(PROMPT, tok)
+    good = LLMAttribution(FeatureAblation(model), tok).attribute(inp, target="red")
+    bad = _result(-good.seq_attr)
+    g, b = (faithfulness(model, tok, inp, r, ks=(1, 3)) for r in (good, bad))
+    assert g.comprehensiveness[1] > 0.5 > b.comprehensiveness[1]
+    assert g.comprehensiveness[3] > b.comprehensiveness[3]
+    assert g.sufficiency[3] < b.sufficiency[3]
+
+
+def test_word_features_remove_every_token_of_a_word(demo):
+    model, tok = demo
+    inp = words(PROMPT, tok)
+    n = len(PROMPT.split())
+    result = _result(torch.arange(n, dtype=torch.float32))  # the last word ranks first
+    scores = faithfulness(model, tok, inp, result, ks=(2,))
+    without = brute_prob(model, tok, PROMPT.split(), {n - 1, n - 2}, ("red",))
+    assert scores.comprehensiveness[2] == pytest.approx(scores.prob - without, rel=1e-4)
+
+
+def test_result_of_another_input_is_refused(demo):
+    model, tok = demo
+    with pytest.raises(ValueError, match="has 3 features but the input has"):
+        faithfulness(model, tok, TextTokenInput(PROMPT, tok), _result([1.0, 2.0, 3.0]))
