@@ -28,6 +28,7 @@ from llmattr.viz.timeseries import TIMESERIES_METHODS
 cv = pytest.importorskip("captum.attr._utils.visualization")
 
 HELPERS = ["format_classname", "format_special_tokens", "format_tooltip", "format_word_importances"]
+MASKS = ["draw_mask_border", "draw_mask_legend"]
 ENUMS = ["ImageVisualizationMethod", "TimeseriesVisualizationMethod", "VisualizeSign"]
 # llmattr's additions after Captum's own parameters, with what they add.
 EXTRA_PARAMETERS = {"visualize_text": ["return_html", "path"]}
@@ -154,6 +155,7 @@ def _parameters(fn):
         "visualize_timeseries_attr",
         "visualize_text",
         *HELPERS,
+        *MASKS,
     ],
 )
 def test_signatures_match_captums(name):
@@ -165,5 +167,67 @@ def test_signatures_match_captums(name):
 
 def test_every_captum_counterpart_is_compared():
     compared = {"VisualizationDataRecord", "visualize_image_attr", "visualize_image_attr_multiple"}
-    compared |= {"visualize_timeseries_attr", "visualize_text", *HELPERS, *ENUMS}
+    compared |= {"visualize_timeseries_attr", "visualize_text", *HELPERS, *ENUMS, *MASKS}
     assert {n for n in viz.__all__ if hasattr(cv, n)} == compared
+
+
+# ---- mask regions --------------------------------------------------------------------------------
+
+
+def _mask_shapes():
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:24, :32]
+    yield (yy - 12) ** 2 + (xx - 14) ** 2 < 60  # a disc
+    yield np.ones((5, 7), dtype=bool)  # the whole image: its edge is a border
+    yield rng.random((20, 20)) > 0.4  # ragged
+    lone = np.zeros((6, 6), dtype=bool)
+    lone[2, 3] = True
+    yield lone
+
+
+@pytest.mark.parametrize("width", [1, 2, 3, 0])
+@pytest.mark.parametrize("color", ["red", np.array([0.1, 0.2, 0.3, 0.5])])
+def test_draw_mask_border_equals_captums(width, color):
+    pytest.importorskip("scipy")
+    import matplotlib.pyplot as plt
+
+    for mask in _mask_shapes():
+        images = []
+        for module in (viz, cv):
+            fig, ax = plt.subplots()
+            module.draw_mask_border(ax, mask, border_width=width, border_color=color)
+            (image,) = ax.get_images()
+            images.append(np.asarray(image.get_array()))
+            plt.close(fig)
+        assert np.array_equal(images[0], images[1])
+        assert images[0].shape == (*mask.shape, 4)
+
+
+def test_draw_mask_legend_equals_captums():
+    import matplotlib.pyplot as plt
+
+    mask = np.zeros((10, 12), dtype=bool)
+    mask[2:5, 6:11] = True
+    texts = []
+    for module in (viz, cv):
+        fig, ax = plt.subplots()
+        module.draw_mask_legend(ax, mask, "<3>", fontsize=7, text_color="y", bbox_alpha=0.3)
+        (text,) = ax.texts
+        box = text.get_bbox_patch()
+        texts.append((text.get_position(), text.get_text(), text.get_color(), text.get_fontsize(),
+                      box.get_facecolor(), box.get_alpha()))  # fmt: skip
+        plt.close(fig)
+    assert texts[0] == texts[1]
+    assert texts[0][0] == (8.0, 3.0)  # the centre of mass, as (x, y)
+
+
+def test_empty_masks_draw_nothing_and_bad_masks_are_refused():
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    viz.draw_mask_border(ax, np.zeros((4, 4), dtype=bool))
+    viz.draw_mask_legend(ax, np.zeros((4, 4), dtype=bool), "x")
+    assert not ax.get_images() and not ax.texts
+    with pytest.raises(ValueError, match=r"2-D \(height, width\)"):
+        viz.draw_mask_border(ax, np.ones((2, 4, 4), dtype=bool))
+    plt.close(fig)

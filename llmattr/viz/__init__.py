@@ -10,6 +10,7 @@ from .image import (
     visualize_image_attr,
     visualize_image_attr_multiple,
 )
+from .masks import draw_mask_border, draw_mask_legend
 from .plots import plot_layer_token_attr, plot_seq_attr, plot_token_attr
 from .report import html_report
 from .scale import normalize_attr
@@ -28,6 +29,8 @@ __all__ = [
     "TimeseriesVisualizationMethod",
     "VisualizationDataRecord",
     "VisualizeSign",
+    "draw_mask_border",
+    "draw_mask_legend",
     "format_classname",
     "format_special_tokens",
     "format_tooltip",
