@@ -383,3 +383,24 @@ def test_python_dash_m(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "llmattr", "explain", ""], capture_output=True,
                           text=True, cwd=ROOT, env=env, timeout=120)  # fmt: skip
     assert proc.returncode == 2 and "usage: llmattr" in proc.stderr
+
+
+def test_summary_survives_non_finite_attributions():
+    """A target whose probability underflows gives ±inf / NaN attributions: the summary still
+    prints, painting inf at full strength and NaN not at all."""
+    from llmattr.viz.console import summary
+
+    result = LLMAttributionResult(
+        seq_attr=torch.tensor([1.0, float("inf"), float("nan"), -2.0]),
+        token_attr=None,
+        input_tokens=list("abcd"),
+        output_tokens=["x"],
+        output_probs=torch.tensor([0.5]),
+        method="FeatureAblation",
+    )
+    text = summary(result, "a b c d", list("abcd"), None, None, color=True)
+    coloured = text.splitlines()[5]
+    assert coloured.startswith(f"{ESC}38;5;16;48;5;217ma")  # +1 of a finite top of 2
+    assert f"{ESC}38;5;16;48;5;196mb" in coloured  # +inf: the strongest red
+    assert " c " in coloured  # NaN: unpainted
+    assert "+inf" in text and "nan" in text

@@ -10,6 +10,9 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+from . import palette
+from .scale import symmetric_limit
+
 __all__ = ["colored_prompt", "display_names", "feature_spans", "summary"]
 
 # what one attribution value means, by method (the line under the target)
@@ -66,7 +69,9 @@ def display_names(names: list[str], tokenizer: Any, features: str) -> list[str]:
 
 
 def _paint(text: str, value: float, limit: float) -> str:
-    level = min(int(abs(value) / limit * len(_REDS) + 0.5), len(_REDS)) if limit > 0 else 0
+    # the palette's steps (±inf strongest, NaN neutral) halved onto the five colours: values
+    # under ~15% of the largest stay unpainted
+    level = abs(palette.level(value, limit)) * len(_REDS) // palette.LEVELS
     if level == 0:
         return text
     code = (_REDS if value > 0 else _BLUES)[level - 1]
@@ -77,7 +82,7 @@ def colored_prompt(
     prompt: str, names: list[str], spans: list[tuple[int, int] | None] | None, values: list[float]
 ) -> str:
     """The prompt with each feature's text on a background coloured by its attribution."""
-    limit = max((abs(v) for v in values), default=0.0)
+    limit = symmetric_limit(values)
     placed = [] if spans is None else sorted((s, f) for f, s in enumerate(spans) if s is not None)
     if (
         spans is None
@@ -124,7 +129,7 @@ def summary(
     order = sorted(range(n), key=lambda i: -abs(values[i]))[:top]
     width = max((len(names[i]) for i in order), default=0)
     lines += ["", f"top {len(order)} of {n} features by |attribution|:"]
-    strongest = max((abs(v) for v in values), default=0.0)
+    strongest = symmetric_limit(values)
     for rank, i in enumerate(order, 1):
         shown = _paint(names[i], values[i], strongest) if color else names[i]
         pad = " " * (width - len(names[i]))
