@@ -148,18 +148,41 @@ def main(argv: Sequence[str] | None = None) -> int:
             _check_explain_args(args)
     except SystemExit as stop:  # argparse exits on --help, --version and usage errors
         return int(stop.code or 0) if not isinstance(stop.code, str) else 2
+    stdout = sys.stdout
     try:
-        return int(args.run(args, sys.stdout, sys.stderr))
+        return int(args.run(args, _Output(stdout), sys.stderr))
     except CLIError as error:
         print(f"llmattr: error: {error}", file=sys.stderr)
         return 1
-    except BrokenPipeError:  # the reader went away (``llmattr explain ... | head``): stop quietly
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())  # so that the exit's flush cannot fail again
-        except (OSError, ValueError, AttributeError):
-            pass
+    except _ReaderGone:  # ``llmattr explain ... | head``: the reader left early; stop quietly
+        # the interpreter flushes stdout at exit: point it at /dev/null so that cannot fail
+        if stdout is sys.__stdout__ and stdout is not None:
+            try:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), stdout.fileno())
+            except (OSError, ValueError):
+                pass
         return 1
+
+
+class _ReaderGone(Exception):
+    """Standard output's reader closed the pipe."""
+
+
+class _Output:
+    """Standard output for the command: a closed pipe there (and only there) becomes
+    :class:`_ReaderGone`, so that other broken pipes still surface as errors."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self.stream.write(text)
+        except BrokenPipeError:
+            raise _ReaderGone() from None
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
 
 
 def _check_explain_args(args: argparse.Namespace) -> None:
@@ -185,8 +208,15 @@ def explain_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from .viz.console import display_names, feature_spans, summary
 
     device = _device(args.device)
-    for path in (args.html, args.json):  # fail before the work, not after it
-        if path is not None and not path.expanduser().parent.is_dir():
+    for name in ("html", "json"):  # fail before the work, not after it
+        path = getattr(args, name)
+        if path is None:
+            continue
+        path = path.expanduser()
+        setattr(args, name, path)
+        if path.is_dir():
+            raise CLIError(f"cannot write {path}: it is a folder; give a file name")
+        if not path.parent.is_dir():
             raise CLIError(f"cannot write {path}: the folder {path.parent} does not exist")
     with quiet_transformers():
         model, tokenizer, label = load_model(args.model, device)
@@ -284,7 +314,12 @@ def load_model(name: str | None, device: Any) -> tuple[Any, Any, str]:
 
         model, tokenizer = load_demo_model(device)
         return model, tokenizer, f"llmattr demo model ({MODEL_DIR})"
-    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForSeq2SeqLM,
+        AutoTokenizer,
+    )
 
     path = Path(name).expanduser()
     if not path.exists() and _looks_like_path(name):
@@ -299,11 +334,11 @@ def load_model(name: str | None, device: Any) -> tuple[Any, Any, str]:
     source = str(path) if path.exists() else name
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        loaded: Any
-        try:
-            loaded = AutoModelForCausalLM.from_pretrained(source, output_loading_info=True)
-        except ValueError:  # not a causal LM: an encoder-decoder (T5, BART) then
-            loaded = AutoModelForSeq2SeqLM.from_pretrained(source, output_loading_info=True)
+        # an encoder-decoder (T5, BART) as a whole: BART-like models also have a decoder-only
+        # *ForCausalLM class, which would leave the encoder's weights unused
+        seq2seq = bool(getattr(AutoConfig.from_pretrained(source), "is_encoder_decoder", False))
+        auto = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
+        loaded: Any = auto.from_pretrained(source, output_loading_info=True)
         model, info = loaded
     except (OSError, ValueError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

@@ -317,6 +317,79 @@ def test_encoder_without_language_model_head_is_refused(capsys):
     assert "MISSING" not in err and "UNEXPECTED" not in err  # no load report from transformers
 
 
+def _save_random_model(kind: str, folder: Path) -> str:
+    """A random-init model of ``kind`` with the demo tokenizer, saved as a user would."""
+    import transformers
+
+    tok = transformers.AutoTokenizer.from_pretrained(MODEL_DIR, local_files_only=True)
+    ids = {
+        "pad_token_id": tok.pad_token_id,
+        "bos_token_id": tok.bos_token_id,
+        "eos_token_id": tok.eos_token_id,
+        "vocab_size": len(tok),
+    }
+    small = {
+        "d_model": 16,
+        "encoder_layers": 1,
+        "decoder_layers": 1,
+        "encoder_ffn_dim": 32,
+        "decoder_ffn_dim": 32,
+        "encoder_attention_heads": 2,
+        "decoder_attention_heads": 2,
+    }
+    configs = {
+        "gpt2": lambda: transformers.GPT2Config(n_embd=16, n_layer=1, n_head=2, **ids),
+        "llama-tied": lambda: transformers.LlamaConfig(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            tie_word_embeddings=True,
+            **ids,
+        ),
+        "llama-untied": lambda: transformers.LlamaConfig(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            tie_word_embeddings=False,
+            **ids,
+        ),
+        "t5": lambda: transformers.T5Config(
+            d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2, decoder_start_token_id=0, **ids
+        ),
+        "bart": lambda: transformers.BartConfig(
+            decoder_start_token_id=tok.eos_token_id, **small, **ids
+        ),
+    }
+    config = configs[kind]()
+    torch.manual_seed(0)
+    auto = (
+        transformers.AutoModelForSeq2SeqLM
+        if config.is_encoder_decoder
+        else transformers.AutoModelForCausalLM
+    )
+    auto.from_config(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return type(auto.from_config(config)).__name__
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama-tied", "llama-untied", "t5", "bart"])
+def test_saved_causal_and_encoder_decoder_models_load_whole(capsys, tmp_path, kind):
+    """Checkpoints that leave out tied weights load; an encoder-decoder loads as one (BART also
+    has a decoder-only class that would drop its encoder), and explains a target."""
+    from llmattr.cli import load_model
+
+    expected = _save_random_model(kind, tmp_path / "m")
+    model, _, _ = load_model(str(tmp_path / "m"), torch.device("cpu"))
+    assert type(model).__name__ == expected
+    js = tmp_path / "r.json"
+    code, _, err = run(capsys, "explain", "the key of box seven is", "--model",
+                       str(tmp_path / "m"), "--target", "red", "--json", str(js))  # fmt: skip
+    assert code == 0, err
+    assert LLMAttributionResult.load(js).output_tokens == ["red"]
+
+
 def test_output_folders_are_checked_before_the_work(capsys, tmp_path, monkeypatch):
     import llmattr.cli
 
@@ -327,6 +400,15 @@ def test_output_folders_are_checked_before_the_work(capsys, tmp_path, monkeypatc
     for option in ("--html", "--json"):
         code, _, err = run(capsys, "explain", PROMPT, option, str(tmp_path / "no" / "r"))
         assert code == 1 and f"the folder {tmp_path / 'no'} does not exist" in err
+        code, _, err = run(capsys, "explain", PROMPT, option, str(tmp_path))
+        assert code == 1 and "it is a folder; give a file name" in err
+
+
+def test_output_paths_expand_the_home_folder(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    code, out, err = run(capsys, "explain", PROMPT, "--json", "~/r.json")
+    assert code == 0, err
+    assert (tmp_path / "r.json").is_file() and f"wrote {tmp_path / 'r.json'}" in out
 
 
 def test_a_closed_pipe_ends_quietly(capsys, monkeypatch):
@@ -339,6 +421,17 @@ def test_a_closed_pipe_ends_quietly(capsys, monkeypatch):
     monkeypatch.setattr(sys, "stdout", ClosedPipe())
     assert main(["explain", PROMPT]) == 1
     assert capsys.readouterr().err == ""
+
+
+def test_a_broken_pipe_elsewhere_is_not_swallowed(monkeypatch):
+    import llmattr.cli
+
+    def broken(*args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(llmattr.cli, "load_model", broken)
+    with pytest.raises(BrokenPipeError):
+        main(["explain", PROMPT])
 
 
 def test_integrated_gradients_says_what_its_numbers_are(capsys):
