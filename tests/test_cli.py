@@ -209,6 +209,8 @@ def test_target_the_vocabulary_lacks_is_refused(capsys):
     assert code == 1 and out == ""
     assert "has words the model's vocabulary lacks" in err and "<unk> <unk>" in err
     assert run(capsys, "explain", PROMPT, "--target", "<unk>")[0] == 0  # asked for by name
+    code, _, err = run(capsys, "explain", PROMPT, "--target", "<unk> zebra")
+    assert code == 1 and "'<unk> zebra' has words the model's vocabulary lacks" in err
 
 
 # ---- colours ------------------------------------------------------------------------------------

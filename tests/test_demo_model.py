@@ -197,3 +197,22 @@ def test_words_the_vocabulary_lacks(demo):
         result = llm.attribute(TextTokenInput(prompt, tok), target="zebra")
     assert caught[0].filename == __file__  # points at the caller
     assert result.output_tokens == ["<unk>"]
+    with pytest.warns(UserWarning, match="vocabulary lacks") as caught:  # a list of prompts
+        llm.attribute([TextTokenInput(prompt, tok)], target="<unk> zebra")
+    assert caught[0].filename == __file__
+    assert result.info["target_text"] == "<unk>"
+
+
+def test_results_record_the_target_as_text(demo):
+    """Both LLM attribution classes record what the tokenizer decodes the target to, and the
+    report's title shows it."""
+    from llmattr import LayerIntegratedGradients, LLMGradientAttribution
+
+    model, tok = demo
+    inp = TextTokenInput("copy : cat dog sun fish ; copy : cat dog", tok)
+    lig = LayerIntegratedGradients(model, model.get_input_embeddings())
+    for llm in (LLMAttribution(FeatureAblation(model), tok), LLMGradientAttribution(lig, tok)):
+        kwargs = {"n_steps": 4} if isinstance(llm, LLMGradientAttribution) else {}
+        result = llm.attribute(inp, target="sun fish <eos>", **kwargs)
+        assert result.info["target_text"] == "sun fish <eos>"
+        assert f"<h2>{result.method}: sun fish &lt;eos&gt;</h2>" in result.to_html()

@@ -115,3 +115,32 @@ def test_report_and_plots_show_readable_tokens(byte_level):
     labels = [t.get_text() for t in ax.get_xticklabels()]
     assert labels == display_tokens(prompt) and "Ġ" not in "".join(labels)
     fig.clf()
+
+
+def test_sentencepiece_byte_pieces_decode_as_utf8():
+    assert tokens_to_text(["▁caf", "<0xC3>", "<0xA9>"]) == " café"
+    assert tokens_to_text(["▁", "<0xF0>", "<0x9F>", "<0x98>", "<0x80>"]) == " 😀"
+    # one byte of a multi-byte character cannot be shown as text: the raw piece is kept
+    assert display_tokens(["▁caf", "<0xC3>", "<0xA9>", "<0x0A>"]) == [
+        "caf", "<0xC3>", "<0xA9>", "⏎"
+    ]  # fmt: skip
+
+
+def test_letters_of_the_byte_alphabet_in_plain_text_stay_text():
+    """ĉ and ħ are letters (Esperanto, Maltese) as well as byte-level markers: without a piece
+    starting with the space marker the labels are shown as given."""
+    assert display_tokens(["ĉiu", "domo", "ħelwa"]) == ["ĉiu", "domo", "ħelwa"]
+    assert tokens_to_text(["ĉiu", "domo"]) == "ĉiu domo"
+
+
+def test_title_uses_the_decoded_target_when_recorded():
+    result = LLMAttributionResult(
+        seq_attr=torch.zeros(2),
+        token_attr=None,
+        input_tokens=["a", "b"],
+        output_tokens=["Par", "is"],  # byte-level pieces without a space marker
+        output_probs=None,
+        method="FeatureAblation",
+        info={"target_text": "Paris"},
+    )
+    assert default_title(result) == "FeatureAblation: Paris"

@@ -38,10 +38,12 @@ __all__ = [
 
 def unknown_text(tokenizer: Any, text: str, ids: Sequence[int]) -> bool:
     """Whether ``text`` has words the tokenizer's vocabulary lacks: its ids hold the unknown
-    token although the text does not spell that token out."""
+    token more often than the text spells that token out."""
     unk_id = getattr(tokenizer, "unk_token_id", None)
-    unk = getattr(tokenizer, "unk_token", None)
-    return unk_id is not None and int(unk_id) in [int(i) for i in ids] and str(unk) not in text
+    if unk_id is None:
+        return False
+    unk = str(getattr(tokenizer, "unk_token", None))
+    return [int(i) for i in ids].count(int(unk_id)) > text.count(unk)
 
 
 def _baseline_id(tokenizer: Any, baseline: int | str | None) -> int:

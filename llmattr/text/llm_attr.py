@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import copy
 import inspect
+import os
+import sys
 import warnings
 from collections.abc import Sequence
 from typing import Any, cast
@@ -50,6 +52,26 @@ def _pad_id(tokenizer: Any) -> int:
         if value is not None:
             return int(value)
     return 0  # pads are masked out, so any valid id works
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` that makes a warning raised by the caller of this function point at
+    the first frame outside llmattr: the user's line, however deep inside llmattr it was."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    frame, level = sys._getframe(1), 1  # the function that warns is stacklevel 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def target_info(tokenizer: Any, target_ids: Tensor) -> dict[str, Any]:
+    """What a result records beside Captum's fields: the target as text (``decode`` of its
+    ids, special tokens kept), which views use as its readable form."""
+    try:
+        text = tokenizer.decode(target_ids.tolist(), skip_special_tokens=False)
+    except (TypeError, ValueError, AttributeError):
+        return {}
+    return {"target_text": str(text)}
 
 
 def _target_ids(
@@ -90,7 +112,7 @@ def _target_ids(
                 f"The target {target!r} has words this tokenizer's vocabulary lacks: it is "
                 f"encoded as {shown}, so the attributions explain the unknown token.",
                 UserWarning,
-                stacklevel=4,
+                stacklevel=_caller_level(),
             )
     else:
         ids = torch.as_tensor(target, dtype=torch.long).reshape(-1)
@@ -261,7 +283,7 @@ class LLMAttribution(Attribution):
             )
             trials.append(cast(Tensor, out))
         attr = torch.stack(trials).mean(0)[0]  # (1 + K, n_features)
-        info: dict[str, Any] = {}
+        info = target_info(self.tokenizer, target_ids)
         if foil_scorer is not None:
             info["foil_tokens"] = self.tokenizer.convert_ids_to_tokens(foil_scorer.target.tolist())
         return LLMAttributionResult(

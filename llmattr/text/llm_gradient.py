@@ -21,7 +21,7 @@ from ..attr.integrated_gradients import step_rule
 from ..attr.layer import LayerGradientXActivation, LayerIntegratedGradients
 from ..attr.layer_path import LayerGradientShap
 from .inputs import _TokenFeatures
-from .llm_attr import _pad_id, _target_ids
+from .llm_attr import _pad_id, _target_ids, target_info
 from .result import LLMAttributionResult
 from .scorer import Scorer, model_device, rows_that_fit
 
@@ -163,6 +163,7 @@ class LLMGradientAttribution(Attribution):
             output_tokens=self.tokenizer.convert_ids_to_tokens(target_ids.tolist()),
             output_probs=scorer.original.exp(),
             method=type(self.attr_method).__name__,
+            info=target_info(self.tokenizer, target_ids),
         )
 
     def _embedding_attributions(

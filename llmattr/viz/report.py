@@ -258,8 +258,13 @@ def _total(values: list[float]) -> str:
 
 
 def default_title(result: LLMAttributionResult) -> str:
-    """``"<method>: <target text>"``, the target cut to 80 characters."""
-    target = " ".join(tokens_to_text(result.output_tokens).split())
+    """``"<method>: <target text>"``, the target cut to 80 characters: ``info["target_text"]``
+    (what the tokenizer decodes the target to, recorded by LLMAttribution and
+    LLMGradientAttribution), else the target tokens read by :func:`.tokens.tokens_to_text`."""
+    text = (result.info or {}).get("target_text")
+    if not isinstance(text, str):
+        text = tokens_to_text(result.output_tokens)
+    target = " ".join(text.split())
     if len(target) > 80:
         target = target[:79] + "…"
     return f"{result.method or 'Attribution'}: {target}"

@@ -75,7 +75,10 @@ class HTMLString(str):
 class ShownHTML(HTMLString):
     """The :class:`HTMLString` that :func:`visualize_text` returns: it remembers the notebook
     cell that already displayed it, so that being that cell's last expression does not show the
-    table a second time. Displayed from any later cell, it renders as usual."""
+    table a second time. Displayed from any later cell, it renders as usual. Within the cell
+    that called :func:`visualize_text`, an explicit ``display(h)`` is skipped too (the table is
+    already there); cells run without history (``store_history=False``) share the previous
+    count, so there re-display ``HTML(h.data)`` instead."""
 
     shown_in: int | None = None  # the kernel's execution count when it was displayed
 

@@ -22,6 +22,7 @@ __all__ = ["display_token", "display_tokens", "tokens_to_text"]
 
 _SP_SPACE = "\u2581"  # ▁
 _SP_BYTE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+_SP_BYTES = re.compile(r"(?:<0x[0-9A-Fa-f]{2}>)+")  # a run of byte pieces: one UTF-8 text
 # what whitespace looks like on a chip or an axis label
 _VISIBLE = {"\n": "⏎", "\r": "⏎", "\t": "⇥", " ": "␣"}
 
@@ -44,10 +45,14 @@ def _byte_decoder() -> dict[str, int]:
 
 def _scheme(tokens: Sequence[str]) -> str:
     """``"byte"``, ``"sentencepiece"``, ``"wordpiece"`` or ``"words"``, from the markers the
-    pieces carry (a space or newline marker decides; ``##`` means WordPiece)."""
+    pieces carry: a piece starting with the space marker ``Ġ`` (or holding the newline marker
+    ``Ċ``) while every character is one of byte-level BPE's 256; ``▁`` or ``<0xNN>`` pieces;
+    ``##`` continuations. Text that happens to use those letters (a Maltese ``Ġermanja``) is
+    read as byte-level: pass such labels with another scheme's markers, or none."""
     text = "".join(tokens)
     decoder = _byte_decoder()
-    if ("Ġ" in text or "Ċ" in text or "ĉ" in text) and all(c in decoder for c in text):
+    marked = any(t.startswith("Ġ") or "Ċ" in t for t in tokens)
+    if marked and all(c in decoder for c in text):
         return "byte"
     if _SP_SPACE in text or any(_SP_BYTE.fullmatch(t) for t in tokens):
         return "sentencepiece"
@@ -64,8 +69,18 @@ def _byte_text(pieces: str, errors: str = "strict") -> str | None:
         return None  # not byte-level, or half of a multi-byte character
 
 
-def _sentencepiece_text(pieces: str) -> str:
-    return _SP_BYTE.sub(lambda m: chr(int(m.group(1), 16)), pieces).replace(_SP_SPACE, " ")
+def _sentencepiece_text(pieces: str, errors: str = "strict") -> str | None:
+    """``▁`` as a space and each run of byte pieces (``<0xE6><0x9D><0xB1>``) as the UTF-8 text
+    it encodes; None when a run is not whole UTF-8 and ``errors`` is ``"strict"``."""
+
+    def run(match: re.Match[str]) -> str:
+        data = bytes(int(b, 16) for b in _SP_BYTE.findall(match.group(0)))
+        return data.decode("utf-8", errors=errors)
+
+    try:
+        return _SP_BYTES.sub(run, pieces).replace(_SP_SPACE, " ")
+    except UnicodeDecodeError:
+        return None  # a part of a multi-byte character
 
 
 def tokens_to_text(tokens: Sequence[str]) -> str:
@@ -77,7 +92,7 @@ def tokens_to_text(tokens: Sequence[str]) -> str:
     if scheme == "byte":
         return _byte_text("".join(tokens), errors="replace") or ""
     if scheme == "sentencepiece":
-        return _sentencepiece_text("".join(tokens))
+        return _sentencepiece_text("".join(tokens), errors="replace") or ""
     words: list[str] = []
     for t in tokens:
         if scheme == "wordpiece" and t.startswith("##") and len(t) > 2 and words:
@@ -111,6 +126,8 @@ def _display(token: str, scheme: str) -> str:
             return token  # a part of a multi-byte character: the raw piece says more
     elif scheme == "sentencepiece":
         text = _sentencepiece_text(token)
+        if text is None:
+            return token
     elif scheme == "wordpiece" and token.startswith("##") and len(token) > 2:
         text = token[2:]
     assert text is not None
