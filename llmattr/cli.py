@@ -24,6 +24,8 @@ METHODS = ("ablation", "shapley", "lime", "kernel-shap", "integrated-gradients")
 FEATURES = ("tokens", "words", "sentences")
 # samples drawn when --n-samples is not given (Shapley: permutations; Lime, KernelShap:
 # coalitions, which need more than the feature count to give stable weights)
+# methods whose attributions sum to log p(target | prompt) - log p(target | baseline prompt)
+COMPLETE = ("shapley", "kernel-shap", "integrated-gradients")
 DEFAULT_SAMPLES = {"shapley": 25, "lime": 200, "kernel-shap": 200}
 
 
@@ -241,6 +243,15 @@ def explain_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     except (ValueError, torch.cuda.OutOfMemoryError) as error:
         raise CLIError(str(error)) from None
     result.info.update(_settings(args, label))
+    if args.method in COMPLETE:  # attributions that should add up: say how well they do
+        from .metrics import completeness
+
+        check = completeness(model, tokenizer, inp, result)
+        result.info["completeness"] = {
+            "sum": check.total,
+            "expected": check.expected,
+            "gap": check.gap,
+        }
     color = args.color == "always" or (
         args.color == "auto" and out.isatty() and not os.environ.get("NO_COLOR")
     )

@@ -436,10 +436,28 @@ def test_a_broken_pipe_elsewhere_is_not_swallowed(monkeypatch):
         main(["explain", PROMPT])
 
 
-def test_integrated_gradients_says_what_its_numbers_are(capsys):
-    code, out, _ = run(capsys, "explain", PROMPT, "--method", "integrated-gradients")
+def test_integrated_gradients_says_what_its_numbers_are(capsys, tmp_path):
+    js = tmp_path / "r.json"
+    code, out, _ = run(capsys, "explain", PROMPT, "--method", "integrated-gradients", "--json",
+                       str(js))  # fmt: skip
     assert code == 0
     assert "attribution: integrated gradients of log p(target)" in out
+    # how far the attributions are from adding up, measured, printed and kept
+    check = LLMAttributionResult.load(js).info["completeness"]
+    assert abs(check["gap"]) < 0.1 and check["gap"] == pytest.approx(
+        check["sum"] - check["expected"]
+    )
+    assert f"completeness: the attributions sum to {check['sum']:+.4f}" in out
+
+
+@pytest.mark.parametrize("method, complete", [("shapley", True), ("ablation", False)])
+def test_completeness_line_only_where_it_should_hold(capsys, method, complete):
+    code, out, _ = run(capsys, "explain", PROMPT, "--method", method, "--n-samples", "2")
+    assert code == 0
+    assert ("completeness:" in out) == complete
+    if complete:  # Shapley sampling adds up exactly
+        gap = float(out.split("(gap ")[1].split(")")[0])
+        assert abs(gap) < 1e-4
 
 
 def test_runtime_errors_exit_1(capsys, tmp_path):

@@ -15,7 +15,7 @@ pytest.importorskip("transformers")
 
 from llmattr import FeatureAblation, LLMAttribution, LLMAttributionResult, TextTokenInput, words
 from llmattr.demo import load_demo_model
-from llmattr.metrics import Faithfulness, faithfulness, top_features
+from llmattr.metrics import Faithfulness, completeness, faithfulness, top_features
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -111,3 +111,47 @@ def test_result_of_another_input_is_refused(demo):
     model, tok = demo
     with pytest.raises(ValueError, match="has 3 features but the input has"):
         faithfulness(model, tok, TextTokenInput(PROMPT, tok), _result([1.0, 2.0, 3.0]))
+
+
+# ---- completeness --------------------------------------------------------------------------------
+
+
+def test_completeness_holds_for_shapley_estimates(demo):
+    """Every ShapleyValueSampling and KernelShap estimate sums exactly to the change of
+    log p(target) from the baseline prompt, which completeness() computes independently."""
+    from llmattr import KernelShap, ShapleyValueSampling
+
+    model, tok = demo
+    inp = TextTokenInput(PROMPT, tok)
+    expected = brute_prob(model, tok, PROMPT.split(), set(), ("red",))
+    absent = brute_prob(model, tok, PROMPT.split(), set(range(len(PROMPT.split()))), ("red",))
+    for method, kw in ((ShapleyValueSampling, {"n_samples": 3}), (KernelShap, {"n_samples": 60})):
+        result = LLMAttribution(method(model), tok).attribute(inp, target="red", generator=0, **kw)
+        check = completeness(model, tok, inp, result)
+        assert check.expected == pytest.approx(
+            float(torch.tensor(expected).log() - torch.tensor(absent).log()), rel=1e-4
+        )
+        assert abs(check.gap) < 1e-4 * max(1.0, abs(check.expected))
+
+
+def test_completeness_gap_of_integrated_gradients_shrinks_with_steps(demo):
+    from llmattr import LayerIntegratedGradients, LLMGradientAttribution
+
+    model, tok = demo
+    inp = TextTokenInput(PROMPT, tok)
+    lig = LLMGradientAttribution(LayerIntegratedGradients(model, model.get_input_embeddings()), tok)
+    gaps = [
+        abs(completeness(model, tok, inp, lig.attribute(inp, target="red", n_steps=s)).gap)
+        for s in (2, 64)
+    ]
+    assert gaps[1] < gaps[0] and gaps[1] < 0.05
+
+
+def test_feature_ablation_is_not_complete_in_general(demo):
+    """Ablation measures each feature alone: on an answer that needs several words together
+    its effects do not add up, and completeness() says so."""
+
+    model, tok = demo
+    inp = TextTokenInput(PROMPT, tok)
+    result = LLMAttribution(FeatureAblation(model), tok).attribute(inp, target="red")
+    assert abs(completeness(model, tok, inp, result).gap) > 0.1

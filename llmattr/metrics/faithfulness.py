@@ -12,6 +12,10 @@ means for the text input — its features replaced by the input's baselines (for
 ``TextTokenInput`` and the span inputs: the baseline token, so positions never shift) — the same
 perturbation the perturbation methods evaluate, scored by the same exact
 :class:`~llmattr.text.scorer.Scorer`.
+
+:func:`completeness` checks a different property: whether attributions of ``log p(target)``
+sum to its change from the baseline prompt (every feature absent) to the prompt, which Shapley
+values and integrated gradients promise.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from ..text.llm_attr import _pad_id
 from ..text.result import LLMAttributionResult
 from ..text.scorer import Scorer
 
-__all__ = ["Faithfulness", "faithfulness", "top_features"]
+__all__ = ["Completeness", "Faithfulness", "completeness", "faithfulness", "top_features"]
 
 
 def top_features(result: LLMAttributionResult, k: int) -> list[int]:
@@ -55,6 +59,62 @@ class Faithfulness:
     sufficiency: dict[int, float]
 
 
+def _scorer(model: nn.Module, tokenizer: Any, inp: Any, result: LLMAttributionResult) -> Any:
+    """``(n_features, scorer of result's target after inp's prompt)``, the result checked to
+    belong to the input."""
+    n = int(inp.to_tensor().shape[-1])
+    if len(result.seq_attr) != n:
+        raise ValueError(
+            f"The result has {len(result.seq_attr)} features but the input has {n}; pass the "
+            "input that was attributed."
+        )
+    target = torch.tensor(tokenizer.convert_tokens_to_ids(list(result.output_tokens)))
+    return n, Scorer(model, inp.prompt_ids(), target, _pad_id(tokenizer))
+
+
+@dataclass(frozen=True)
+class Completeness:
+    """How far an attribution is from accounting for the whole change of the target's
+    log-probability between the baseline prompt (every feature absent) and the prompt.
+
+    Attributes:
+        total: the sum of the attributions (``seq_attr``).
+        expected: ``log p(target | prompt) - log p(target | baseline prompt)``.
+        gap: ``total - expected``; 0 for exact Shapley values and every ShapleyValueSampling /
+            KernelShap estimate (by construction), small for integrated gradients with enough
+            steps. Feature ablation and Lime do not aim at it.
+    """
+
+    total: float
+    expected: float
+
+    @property
+    def gap(self) -> float:
+        return self.total - self.expected
+
+
+def completeness(
+    model: nn.Module, tokenizer: Any, inp: Any, result: LLMAttributionResult
+) -> Completeness:
+    """Check the completeness of a log-probability attribution ``result`` of ``inp``.
+
+    Args:
+        model: the ``transformers`` model the attribution explains.
+        tokenizer: its tokenizer.
+        inp: the text input that was attributed (its baselines define the baseline prompt).
+        result: an attribution of ``log p(target)`` (``attr_target="log_prob"``, the default).
+
+    Returns:
+        A :class:`Completeness`: the attributions' sum, the change they should sum to, and the
+        gap between them.
+    """
+    n, scorer = _scorer(model, tokenizer, inp, result)
+    (baseline,) = inp.perturbed_ids(torch.zeros(1, n))
+    absent = float(scorer.score([baseline]).double().sum())
+    total = float(torch.as_tensor(result.seq_attr, dtype=torch.float64).sum())
+    return Completeness(total, float(scorer.original.double().sum()) - absent)
+
+
 def faithfulness(
     model: nn.Module,
     tokenizer: Any,
@@ -74,14 +134,7 @@ def faithfulness(
     Returns:
         A :class:`Faithfulness` with one comprehensiveness and sufficiency value per ``k``.
     """
-    n = int(inp.to_tensor().shape[-1])
-    if len(result.seq_attr) != n:
-        raise ValueError(
-            f"The result has {len(result.seq_attr)} features but the input has {n}; pass the "
-            "input that was attributed."
-        )
-    target = torch.tensor(tokenizer.convert_tokens_to_ids(list(result.output_tokens)))
-    scorer = Scorer(model, inp.prompt_ids(), target, _pad_id(tokenizer))
+    n, scorer = _scorer(model, tokenizer, inp, result)
     presences = []
     for k in ks:
         keep = torch.zeros(n, dtype=torch.bool)

@@ -123,6 +123,13 @@ def summary(
         f"target: {target!r} ({k} token{'s' * (k != 1)}, probability {joint:.3g})",
         f"attribution: {_MEANING.get(result.method, _MEANING[None])}",
     ]
+    check = (result.info or {}).get("completeness")
+    if isinstance(check, dict) and {"sum", "expected", "gap"} <= check.keys():
+        lines.append(
+            f"completeness: the attributions sum to {check['sum']:+.4f}; log p(target) - "
+            f"log p(target | baseline prompt) = {check['expected']:+.4f} "
+            f"(gap {check['gap']:+.2g})"
+        )
     if color:
         legend = f"{_paint(' raises ', 1, 1)} {_paint(' lowers ', -1, 1)}"
         lines += ["", f"prompt  {legend}", colored_prompt(prompt, names, spans, values)]
