@@ -308,60 +308,15 @@ def _device(name: str | None) -> Any:
     return device
 
 
-def _looks_like_path(name: str) -> bool:
-    """A local path rather than a hub name (``gpt2``, ``org/model``)."""
-    return (
-        name.startswith(("/", ".", "~"))
-        or name.endswith(("/", os.sep))
-        or name.count("/") > 1
-        or (os.sep != "/" and os.sep in name)
-    )
-
-
 def load_model(name: str | None, device: Any) -> tuple[Any, Any, str]:
-    """``(model, tokenizer, label)`` for ``--model`` (None: the demo model), on ``device``."""
-    if name is None:
-        from .demo import MODEL_DIR, load_demo_model
+    """``(model, tokenizer, label)`` for ``--model`` (None: the demo model), on ``device``; see
+    :func:`llmattr._hf.load_language_model`."""
+    from ._hf import ModelLoadError, load_language_model
 
-        model, tokenizer = load_demo_model(device)
-        return model, tokenizer, f"llmattr demo model ({MODEL_DIR})"
-    from transformers import (
-        AutoConfig,
-        AutoModelForCausalLM,
-        AutoModelForSeq2SeqLM,
-        AutoTokenizer,
-    )
-
-    path = Path(name).expanduser()
-    if not path.exists() and _looks_like_path(name):
-        raise CLIError(f"model path {name!r} does not exist")
-    if path.exists() and not path.is_dir():
-        raise CLIError(f"model path {name!r} is a file; give the model's directory")
-    if path.is_dir() and not (path / "config.json").is_file():
-        raise CLIError(
-            f"{name!r} has no config.json: not a Hugging Face model directory (write one with "
-            "model.save_pretrained(dir) and tokenizer.save_pretrained(dir))"
-        )
-    source = str(path) if path.exists() else name
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        # an encoder-decoder (T5, BART) as a whole: BART-like models also have a decoder-only
-        # *ForCausalLM class, which would leave the encoder's weights unused
-        seq2seq = bool(getattr(AutoConfig.from_pretrained(source), "is_encoder_decoder", False))
-        auto = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
-        loaded: Any = auto.from_pretrained(source, output_loading_info=True)
-        model, info = loaded
-    except (OSError, ValueError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CLIError(f"cannot load a model and tokenizer from {name!r}: {first}") from None
-    missing = list(info.get("missing_keys") or [])
-    if missing:  # e.g. an encoder (BERT) given a language-model head it was never trained with
-        raise CLIError(
-            f"{name!r} holds no trained weights for {len(missing)} parameters of "
-            f"{type(model).__name__} (e.g. {missing[0]}): it is not a causal or "
-            "encoder-decoder language model, and its answers would be random"
-        )
-    return model.to(device).eval(), tokenizer, source
+        return load_language_model(name, device)
+    except ModelLoadError as error:
+        raise CLIError(str(error)) from None
 
 
 def make_input(kind: str, prompt: str, tokenizer: Any, baseline: str | None) -> Any:
