@@ -358,7 +358,7 @@ def attribute(
     if args.method == "integrated-gradients":
         lig = LayerIntegratedGradients(model, model.get_input_embeddings())
         return LLMGradientAttribution(lig, tokenizer).attribute(
-            inp, n_steps=args.n_steps, **target_args
+            inp, n_steps=args.n_steps, show_progress=progress, **target_args
         )
     cls = {
         "ablation": FeatureAblation,

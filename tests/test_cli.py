@@ -254,6 +254,10 @@ def test_progress_bar_on_a_terminal(monkeypatch, capsys):
     assert main(["explain", PROMPT, "--method", "shapley", "--n-samples", "2",
                  "--no-progress"]) == 0  # fmt: skip
     assert "%" not in err.getvalue()
+    err = FakeTTY()  # integrated gradients: a bar over the integration steps
+    monkeypatch.setattr(sys, "stderr", err)
+    assert main(["explain", PROMPT, "--method", "integrated-gradients", "--n-steps", "8"]) == 0
+    assert "LayerIntegratedGradients" in err.getvalue() and "8/8" in err.getvalue()
 
 
 # ---- help and errors ----------------------------------------------------------------------------

@@ -721,3 +721,17 @@ def test_captum_call_forms(gpt2, tok):
     assert len(generated.output_tokens) == 2
     grad = LLMGradientAttribution(LayerGradientXActivation(gpt2, gpt2.get_input_embeddings()), tok)
     assert len(grad.attribute(inp, None, {"max_new_tokens": 2}).output_tokens) == 2
+
+
+def test_gradient_progress_bar_counts_every_path_point_once(gpt2, tok, capsys):
+    """show_progress (an llmattr addition): one bar over the integration points, whatever the
+    chunking; results do not depend on it."""
+    lig = LLMGradientAttribution(LayerIntegratedGradients(gpt2, gpt2.get_input_embeddings()), tok)
+    inp = TextTokenInput(PROMPT, tok)
+    plain = lig.attribute(inp, target=" the sky", n_steps=6, internal_batch_size=4)
+    shown = lig.attribute(
+        inp, target=" the sky", n_steps=6, internal_batch_size=4, show_progress=True
+    )
+    err = capsys.readouterr().err
+    assert "LayerIntegratedGradients" in err and "6/6" in err
+    assert torch.equal(plain.token_attr, shown.token_attr)

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from .call import Call
 from .features import FeatureMasks
+from .progress import progress
 from .targets import Target
 
 __all__ = ["PerturbationRun", "check_positive_int", "make_generator"]
@@ -202,20 +203,11 @@ class PerturbationRun:
             fold: ``fold(start, end, outputs)`` consumes their ``(end - start, rows, n_outputs)``
                 outputs, in order.
         """
-        bar = None
-        if self.show_progress:  # imported here: tqdm.auto warns in notebooks without ipywidgets
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=n_perturbations, desc=self.method)
-        try:
+        with progress(self.show_progress, n_perturbations, self.method) as advance:
             for start in range(0, n_perturbations, self.ppe):
                 end = min(start + self.ppe, n_perturbations)
                 fold(start, end, self.outputs_of(build(start, end), end - start))
-                if bar is not None:
-                    bar.update(end - start)
-        finally:
-            if bar is not None:
-                bar.close()
+                advance(end - start)
 
     def attributions(self, per_element: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         """Reshape ``(rows, n_outputs, *input.shape[1:])`` credits to the returned form.

@@ -17,6 +17,7 @@ from .._core.base import Attribution
 from .._core.batching import ChunkSize, check_chunk_size, run_in_chunks
 from .._core.hooks import registered
 from .._core.layers import LayerCut
+from .._core.progress import progress
 from ..attr.integrated_gradients import step_rule
 from ..attr.layer import LayerGradientXActivation, LayerIntegratedGradients
 from ..attr.layer_path import LayerGradientShap
@@ -81,6 +82,7 @@ class LLMGradientAttribution(Attribution):
         gen_args: dict[str, Any] | None = None,
         *,
         skip_tokens: Sequence[int | str] | None = None,
+        show_progress: bool = False,
         **kwargs: Any,
     ) -> LLMAttributionResult | list[LLMAttributionResult]:
         """Attribute every target token to the features of ``inp``.
@@ -94,6 +96,8 @@ class LLMGradientAttribution(Attribution):
                 string is tokenized without special tokens, as in :meth:`LLMAttribution.attribute`.
             skip_tokens: target tokens to leave out (ids, or token strings of the vocabulary).
             gen_args: arguments of ``model.generate``.
+            show_progress: a tqdm bar over the path points (integration steps or samples)
+                evaluated, one bar per input (an llmattr addition).
             **kwargs: the method's arguments: ``n_steps``, ``method``, ``internal_batch_size``
                 (LayerIntegratedGradients), ``n_samples``, ``stdevs``, ``internal_batch_size``
                 (LayerGradientShap). ``internal_batch_size`` None or ``"auto"`` (default)
@@ -105,6 +109,7 @@ class LLMGradientAttribution(Attribution):
             An :class:`LLMAttributionResult`; ``token_attr`` rows sum (with the non-feature
             tokens, whose baseline is themselves) to each target token's log-probability change.
         """
+        kwargs = {**kwargs, "show_progress": bool(show_progress)}
         if isinstance(inp, list | tuple):
             return [self._attribute_one(i, target, skip_tokens, gen_args, kwargs) for i in inp]
         return self._attribute_one(inp, target, skip_tokens, gen_args, kwargs)
@@ -118,6 +123,7 @@ class LLMGradientAttribution(Attribution):
         kwargs: dict[str, Any],
     ) -> LLMAttributionResult:
         kwargs = dict(kwargs)
+        show_progress = bool(kwargs.pop("show_progress", False))
         if not isinstance(inp, _TokenFeatures):
             raise TypeError(
                 "LLMGradientAttribution needs token-level features (TextTokenInput, words(), "
@@ -150,7 +156,9 @@ class LLMGradientAttribution(Attribution):
             [inp.feature_of_token < 0, torch.ones(target_ids.numel() - 1, dtype=torch.bool)]
         )
         base_ids[0, fixed.to(device)] = ids[0, fixed.to(device)]
-        per_token = self._embedding_attributions(ids, base_ids, target_ids.to(device), ibs, kwargs)
+        per_token = self._embedding_attributions(
+            ids, base_ids, target_ids.to(device), ibs, kwargs, show_progress
+        )
         L = prompt.numel()
         scores = per_token[:, :L].cpu()  # (K, L); float64 models keep their precision
         feature = inp.feature_of_token
@@ -173,6 +181,7 @@ class LLMGradientAttribution(Attribution):
         target: Tensor,
         internal_batch_size: ChunkSize,
         kwargs: dict[str, Any],
+        show_progress: bool = False,
     ) -> Tensor:
         """``(K, L + K - 1)``: per target token, the attribution of every position's embedding,
         summed over the embedding dimension.
@@ -245,16 +254,23 @@ class LLMGradientAttribution(Attribution):
             return part
 
         n_points = len(alphas)
-        if internal_batch_size is not None and internal_batch_size != "auto":
-            return torch.stack(run_in_chunks(n_points, internal_batch_size, evaluate)).sum(0)
-        # sized from memory: a long prompt runs a few points per forward instead of failing
-        size = rows_that_fit(self.model, width, width, K if keep else width, grad=True,
-                             cpu_rows=None)  # fmt: skip
-        parts: list[Tensor] = []
-        for first in range(0, n_points, size):
-            last = min(first + size, n_points)
-            parts += run_in_chunks(last - first, "auto", partial(_shifted, evaluate, first))
-        return torch.stack(parts).sum(0)
+        with progress(show_progress, n_points, type(method).__name__) as advance:
+
+            def counted(start: int, end: int) -> Tensor:
+                part = evaluate(start, end)
+                advance(end - start)  # after success: a chunk retried smaller counts once
+                return part
+
+            if internal_batch_size is not None and internal_batch_size != "auto":
+                return torch.stack(run_in_chunks(n_points, internal_batch_size, counted)).sum(0)
+            # sized from memory: a long prompt runs a few points per forward instead of failing
+            size = rows_that_fit(self.model, width, width, K if keep else width, grad=True,
+                                 cpu_rows=None)  # fmt: skip
+            parts: list[Tensor] = []
+            for first in range(0, n_points, size):
+                last = min(first + size, n_points)
+                parts += run_in_chunks(last - first, "auto", partial(_shifted, counted, first))
+            return torch.stack(parts).sum(0)
 
 
 def _shifted(evaluate: Callable[[int, int], Tensor], offset: int, start: int, end: int) -> Tensor:
