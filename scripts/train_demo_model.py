@@ -382,9 +382,11 @@ def _train(
 
 def portable_tokenizer_config(path: Path) -> None:
     """Name the tokenizer class ``PreTrainedTokenizerFast``, which transformers 4 and 5 both
-    load (transformers 5 writes its own ``TokenizersBackend``, unknown to 4)."""
+    load (transformers 5 writes its own ``TokenizersBackend``, unknown to 4), and its inputs
+    (transformers 4 would add ``token_type_ids``, which Llama's ``generate`` refuses)."""
     config = json.loads(path.read_text(encoding="utf-8"))
     config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config["model_input_names"] = ["input_ids", "attention_mask"]
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
