@@ -171,6 +171,41 @@ def test_prefix_is_reused(gpt2):
         del gpt2.forward
 
 
+@pytest.mark.parametrize("legacy", ["tuple", "not croppable"])
+def test_a_cache_that_cannot_be_cropped_is_not_reused(gpt2, legacy):
+    """A model returning legacy tuple caches (transformers before 4.57 for GPT-2) or a cache
+    that refuses cropping is scored without prefix reuse: the same exact numbers, no crash."""
+    forward = gpt2.forward
+
+    class Uncroppable:
+        is_croppable = False
+
+    @functools.wraps(forward)
+    def legacy_cache(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        if kwargs.get("use_cache"):
+            name = "cache" if hasattr(out, "cache") else "past_key_values"  # transformers 5 / 4
+            cache = getattr(out, name)
+            setattr(
+                out,
+                name,
+                tuple((layer.keys, layer.values) for layer in cache.layers)
+                if legacy == "tuple"
+                else Uncroppable(),
+            )
+        return out
+
+    rows = perturbed_rows(PROMPT)
+    expected = Scorer(gpt2, PROMPT, TARGET).score(rows)
+    gpt2.forward = legacy_cache
+    try:
+        scorer = Scorer(gpt2, PROMPT, TARGET)
+        assert scorer.cache is None
+        assert max_diff(scorer.score(rows), expected) < 1e-5
+    finally:
+        del gpt2.forward
+
+
 def test_order_of_rows_is_kept(causal):
     """Rows are regrouped by shared prefix internally; results come back in the given order."""
     rows = perturbed_rows(PROMPT)

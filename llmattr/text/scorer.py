@@ -172,6 +172,19 @@ def rows_that_fit(
     return max(int(rows), 1)
 
 
+def _reusable(cache: Any) -> bool:
+    """Whether a model's key/value cache can serve as a shared prefix: it crops to a length and
+    repeats along the batch (``transformers`` ``Cache`` objects that allow cropping). Anything
+    else (legacy tuples of older transformers, caches of recurrent layers) is not reused: every
+    prompt then runs whole, with the same exact results."""
+    if cache is None or not getattr(cache, "is_croppable", True):
+        return False
+    return all(
+        callable(getattr(cache, m, None))
+        for m in ("crop", "batch_repeat_interleave", "get_seq_length")
+    )
+
+
 class Scorer:
     """Scores ``target`` after each of many prompts that differ from one original prompt.
 
@@ -244,7 +257,7 @@ class Scorer:
             # transformers 5 returns ``cache``; earlier versions ``past_key_values``
             name = "cache" if hasattr(out, "cache") else "past_key_values"
             cache = getattr(out, name, None)
-            if cache is not None and getattr(cache, "is_croppable", True):
+            if _reusable(cache):
                 self.cache = cache
         logits = out.logits[:, -self.target.numel() :]
         return self._log_probs(logits)[0]
