@@ -88,9 +88,10 @@ def load_language_model(name: str | None, device: Any) -> tuple[Any, Any, str]:
         tokenizer = AutoTokenizer.from_pretrained(source)
         # an encoder-decoder (T5, BART) as a whole: BART-like models also have a decoder-only
         # *ForCausalLM class, which would leave the encoder's weights unused
-        seq2seq = bool(getattr(AutoConfig.from_pretrained(source), "is_encoder_decoder", False))
+        config = AutoConfig.from_pretrained(source)  # read once, handed to the model class
+        seq2seq = bool(getattr(config, "is_encoder_decoder", False))
         auto = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
-        loaded: Any = auto.from_pretrained(source, output_loading_info=True)
+        loaded: Any = auto.from_pretrained(source, config=config, output_loading_info=True)
         model, info = loaded
     except (OSError, ValueError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

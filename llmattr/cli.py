@@ -210,6 +210,8 @@ def explain_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from .viz.console import display_names, feature_spans, summary
 
     device = _device(args.device)
+    if args.method in DEFAULT_SAMPLES and args.n_samples is None:
+        args.n_samples = DEFAULT_SAMPLES[args.method]
     for name in ("html", "json"):  # fail before the work, not after it
         path = getattr(args, name)
         if path is None:
@@ -281,7 +283,7 @@ def _settings(args: argparse.Namespace, label: str) -> dict[str, Any]:
     if args.method == "integrated-gradients":
         settings["n_steps"] = args.n_steps
     elif args.method in DEFAULT_SAMPLES:
-        settings["n_samples"] = args.n_samples or DEFAULT_SAMPLES[args.method]
+        settings["n_samples"] = args.n_samples
         settings["seed"] = args.seed
     return settings
 
@@ -368,7 +370,7 @@ def attribute(
     }[args.method]
     kwargs: dict[str, Any] = {"show_progress": progress}
     if args.method in DEFAULT_SAMPLES:
-        kwargs["n_samples"] = args.n_samples or DEFAULT_SAMPLES[args.method]
+        kwargs["n_samples"] = args.n_samples
         kwargs["generator"] = args.seed
     return LLMAttribution(cls(model), tokenizer).attribute(inp, **target_args, **kwargs)
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .figure import new_figure, show_figure, sign_colormap
-from .scale import as_array, check_sign, normalize_attr
+from .scale import VisualizeSign, as_array, check_sign, normalize_attr
 
 __all__ = [
     "IMAGE_METHODS",
@@ -36,16 +36,6 @@ class ImageVisualizationMethod(Enum):
     original_image = 3
     masked_image = 4
     alpha_scaling = 5
-
-
-class VisualizeSign(Enum):
-    """The ``sign`` choices of the image and time-series views (Captum's names and values); the
-    functions take the member's name."""
-
-    positive = 1
-    absolute_value = 2
-    negative = 3
-    all = 4
 
 
 IMAGE_METHODS = tuple(m.name for m in ImageVisualizationMethod)

@@ -250,7 +250,7 @@ def _total(values: list[float]) -> str:
     """The sum of ``values`` as the summary line shows it: ``nan`` or ``±inf`` when some are
     not finite, saying how many."""
     total = sum(values)
-    if math.isfinite(total) and all(math.isfinite(v) for v in values):
+    if math.isfinite(total):  # a finite sum has only finite terms
         return f"{total:+.4g}"
     bad = sum(not math.isfinite(v) for v in values)
     shown = "nan" if math.isnan(total) else f"{total:+}"

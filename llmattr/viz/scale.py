@@ -10,14 +10,33 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from enum import Enum
 from typing import Any
 
 import numpy as np
 
-__all__ = ["SIGNS", "as_array", "normalize_attr", "outlier_threshold", "symmetric_limit"]
+__all__ = [
+    "SIGNS",
+    "VisualizeSign",
+    "as_array",
+    "normalize_attr",
+    "outlier_threshold",
+    "symmetric_limit",
+]
 
-#: The sign choices of the image and time-series views.
-SIGNS = ("all", "positive", "negative", "absolute_value")
+
+class VisualizeSign(Enum):
+    """The ``sign`` choices of the image and time-series views (Captum's names and values); the
+    functions take the member's name."""
+
+    positive = 1
+    absolute_value = 2
+    negative = 3
+    all = 4
+
+
+#: The sign choices of the image and time-series views (the names of :class:`VisualizeSign`).
+SIGNS = tuple(m.name for m in VisualizeSign)
 
 
 def as_array(x: Any, dtype: Any = np.float64) -> np.ndarray:
