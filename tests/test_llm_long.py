@@ -111,7 +111,8 @@ def test_chunked_equals_unchunked(tiny, tok, monkeypatch):
     assert max(rows) == 1
     assert float(whole.token_attr.abs().max()) > 1e-3
     assert max_diff(chunked.token_attr, whole.token_attr) < 1e-5
-    assert max_diff(chunked_grad.token_attr, whole_grad.token_attr) < 1e-5
+    # float32 sums taken in another order: 1.5e-5 seen on values of ~1.5
+    assert max_diff(chunked_grad.token_attr, whole_grad.token_attr) < 5e-5
 
 
 def test_gradient_backs_off_on_out_of_memory(tiny, tok):

@@ -1,0 +1,19 @@
+"""Error types that match what Captum users catch.
+
+Captum validates arguments with ``assert``, so code written for Captum catches ``AssertionError``
+(invalid targets, neuron selectors, window shapes, ...). llmattr validates with clear messages
+before any work, and raises :class:`InputError`, which is both a ``ValueError`` (what the Python
+convention and llmattr's own users expect) and an ``AssertionError`` (what Captum users catch).
+"""
+
+from __future__ import annotations
+
+__all__ = ["InputError"]
+
+
+class InputError(ValueError, AssertionError):
+    """An argument is invalid; raised before any forward pass.
+
+    Catchable as ``ValueError`` and as ``AssertionError`` (Captum raises the latter through its
+    ``assert`` checks, and its users' code catches it).
+    """
