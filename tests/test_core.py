@@ -325,3 +325,42 @@ def test_inplace_module_keeps_the_models_aliasing() -> None:
         true_gap = (model(x) - model(b)).reshape(-1)
     # the delta is computed against what the model really computes, so it is honest
     torch.testing.assert_close(delta, attrs.sum(1) - true_gap, atol=1e-12, rtol=0)
+
+
+# --- error classes: what Captum users catch ---------------------------------------------------
+
+
+def test_validation_errors_are_input_errors() -> None:
+    """Captum validates with ``assert``; ours raise InputError (ValueError and AssertionError), and
+    type errors stay TypeErrors too."""
+    from llmattr._core.errors import InputError, InputTypeError, TargetIndexError
+
+    x = torch.zeros(2, 3)
+    bad_calls = [
+        (lambda: format_inputs(()), InputError),
+        (lambda: format_inputs((x, torch.zeros(3, 3))), InputError),
+        (lambda: format_inputs(torch.tensor(1.0)), InputError),
+        (lambda: format_inputs("x"), InputTypeError),  # type: ignore[arg-type]
+        (lambda: format_baselines(torch.zeros(2, 4), (x,)), InputError),
+        (lambda: format_baselines((0.0, 1.0), (x,)), InputError),
+        (lambda: format_baselines("zero", (x,)), InputTypeError),  # type: ignore[arg-type]
+        (lambda: format_baseline_distribution(torch.zeros(3, 4), (x,)), InputError),
+        (
+            lambda: format_baseline_distribution((torch.zeros(3, 3), torch.zeros(2, 3)), (x, x)),
+            InputError,
+        ),
+        (lambda: normalize_target([0, 1, 2], 2), InputError),
+        (lambda: normalize_target(torch.zeros(3, 3, 3, dtype=torch.long), 2), InputError),
+        (lambda: normalize_target(1.5, 2), InputTypeError),  # type: ignore[arg-type]
+        (lambda: run_in_chunks(4, 0, lambda s, e: None), InputError),
+    ]
+    for call, error in bad_calls:
+        with pytest.raises(error) as info:
+            call()
+        assert isinstance(info.value, ValueError) and isinstance(info.value, AssertionError)
+        if error is InputTypeError:
+            assert isinstance(info.value, TypeError)
+    with pytest.raises(TargetIndexError) as out_of_range:
+        normalize_target(7, 2).select(torch.zeros(2, 3), 2)
+    assert isinstance(out_of_range.value, IndexError)
+    assert isinstance(out_of_range.value, RuntimeError)

@@ -3,6 +3,7 @@ draws, reproducibility and batching, deltas, local attributions, callable baseli
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from conftest import MLP, Linear, TwoLinear, rand, tol
@@ -10,6 +11,13 @@ from conftest import MLP, Linear, TwoLinear, rand, tol
 from llmattr import GradientShap
 
 F64 = torch.float64
+
+
+def seed(n: int) -> None:
+    """Seed both generators GradientShap draws from by default (as Captum does): numpy's for
+    baseline rows and alphas, torch's for the noise."""
+    np.random.seed(n)
+    torch.manual_seed(n)
 
 
 def quadratic(a: torch.Tensor):
@@ -132,9 +140,9 @@ def test_local_attributions_with_multiply_by_inputs_false() -> None:
 
     a = torch.tensor([1.0, -2.0, 0.5, 3.0], dtype=F64)
     zero = torch.zeros(1, 4, dtype=F64)
-    torch.manual_seed(3)
+    seed(3)
     glob = GradientShap(quadratic(a)).attribute(x, zero, n_samples=4)
-    torch.manual_seed(3)
+    seed(3)
     loc = GradientShap(quadratic(a), multiply_by_inputs=False).attribute(x, zero, n_samples=4)
     assert torch.allclose(glob, loc * x, rtol=0, atol=1e-12)  # x − b = x for every draw
     assert not torch.allclose(loc, 2 * a * x / 2)  # not the α = ½ midpoint: α is drawn
@@ -143,17 +151,37 @@ def test_local_attributions_with_multiply_by_inputs_false() -> None:
 # --- randomness, batching, deltas -----------------------------------------------------------------
 
 
-def test_reproducible_under_manual_seed() -> None:
+def test_reproducible_under_numpy_and_torch_seeds() -> None:
     model = MLP().to(F64)
     x, dist = rand(3, 6), rand(4, 6)
     gs = GradientShap(model)
-    torch.manual_seed(11)
+    seed(11)
     first = gs.attribute(x, dist, n_samples=5, stdevs=0.2, target=1)
-    torch.manual_seed(11)
+    seed(11)
     second = gs.attribute(x, dist, n_samples=5, stdevs=0.2, target=1)
     assert torch.equal(first, second)
-    torch.manual_seed(12)
+    seed(12)
     assert not torch.allclose(first, gs.attribute(x, dist, n_samples=5, stdevs=0.2, target=1))
+
+
+def test_generator_draws_everything_from_torch() -> None:
+    model = MLP().to(F64)
+    x, dist = rand(3, 6), rand(4, 6)
+    gs = GradientShap(model)
+    kw = dict(n_samples=5, stdevs=0.2, target=1)
+    first = gs.attribute(x, dist, generator=7, **kw)
+    np.random.seed(99)  # numpy's state does not matter with a generator
+    torch.manual_seed(99)  # nor does torch's global one
+    assert torch.equal(gs.attribute(x, dist, generator=torch.Generator().manual_seed(7), **kw),
+                       first)  # fmt: skip
+    chunked = gs.attribute(x, dist, generator=7, internal_batch_size=2, **kw)
+    assert torch.allclose(chunked, first, rtol=0, atol=1e-12)
+    assert not torch.allclose(gs.attribute(x, dist, generator=8, **kw), first)
+    state = torch.get_rng_state()
+    gs.attribute(x, dist, generator=7, **kw)
+    assert torch.equal(torch.get_rng_state(), state)  # the global generator is untouched
+    with pytest.raises(TypeError):
+        gs.attribute(x, dist, generator="seven", **kw)
 
 
 @pytest.mark.parametrize("ibs", [1, 3, 8, 15, None, "auto"])
@@ -162,9 +190,9 @@ def test_internal_batch_size_does_not_change_results(ibs: int | str | None) -> N
     x, dist = rand(3, 6), rand(4, 6)
     gs = GradientShap(model)
     kw = dict(n_samples=5, stdevs=0.2, target=[0, 2, 1], return_convergence_delta=True)
-    torch.manual_seed(5)
+    seed(5)
     ref, ref_delta = gs.attribute(x, dist, **kw)
-    torch.manual_seed(5)
+    seed(5)
     attr, delta = gs.attribute(x, dist, internal_batch_size=ibs, **kw)
     assert torch.allclose(attr, ref, rtol=0, atol=1e-12)
     assert torch.allclose(delta, ref_delta, rtol=0, atol=1e-12)
@@ -255,9 +283,9 @@ def test_callable_baselines() -> None:
     model = MLP().to(F64)
     x, dist = rand(3, 6), rand(4, 6)
     gs = GradientShap(model)
-    torch.manual_seed(2)
+    seed(2)
     ref = gs.attribute(x, dist, n_samples=4, target=0)
-    torch.manual_seed(2)
+    seed(2)
     no_args = gs.attribute(x, lambda: dist, n_samples=4, target=0)
     assert torch.equal(no_args, ref)
 
@@ -267,7 +295,7 @@ def test_callable_baselines() -> None:
         seen.append(inputs)
         return dist
 
-    torch.manual_seed(2)
+    seed(2)
     with_inputs = gs.attribute(x, from_inputs, n_samples=4, target=0)
     assert torch.equal(with_inputs, ref)
     assert len(seen) == 1 and seen[0] is x  # called with the inputs, as Captum does

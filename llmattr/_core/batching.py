@@ -20,6 +20,8 @@ from typing import Literal, TypeAlias, TypeVar
 
 import torch
 
+from .errors import InputError
+
 ChunkSize: TypeAlias = int | None | Literal["auto"]
 T = TypeVar("T")
 
@@ -46,7 +48,7 @@ def check_chunk_size(chunk_size: ChunkSize, name: str) -> None:
     if chunk_size is None or chunk_size == "auto":
         return
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(
+        raise InputError(
             f"{name} must be a positive int, None (everything at once) or 'auto' (halve on "
             f"out-of-memory), got {chunk_size!r}."
         )

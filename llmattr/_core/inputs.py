@@ -15,11 +15,14 @@ from typing import Any, Literal, TypeAlias
 import torch
 from torch import Tensor
 
+from .errors import InputError, InputTypeError
+
 TensorOrTuple: TypeAlias = Tensor | tuple[Tensor, ...]
 BaselineType: TypeAlias = None | int | float | Tensor | tuple[int | float | Tensor | None, ...]
 
 __all__ = [
     "BaselineType",
+    "InputTypeError",
     "TensorOrTuple",
     "as_tuple",
     "check_differentiable",
@@ -59,22 +62,22 @@ def format_inputs(inputs: TensorOrTuple, name: str = "inputs") -> tuple[tuple[Te
     was_tuple = isinstance(inputs, tuple | list)
     tensors = as_tuple(inputs)
     if len(tensors) == 0:
-        raise ValueError(f"{name} is an empty tuple: pass at least one tensor.")
+        raise InputError(f"{name} is an empty tuple: pass at least one tensor.")
     for i, t in enumerate(tensors):
         if not isinstance(t, Tensor):
-            raise TypeError(
+            raise InputTypeError(
                 f"{name}[{i}] is a {type(t).__name__}; every input must be a torch.Tensor "
                 "(pass non-tensor arguments through additional_forward_args)."
             )
         if t.dim() == 0:
-            raise ValueError(
+            raise InputError(
                 f"{name}[{i}] is a 0-dimensional tensor; inputs need a batch dimension first "
                 "(use x.unsqueeze(0) for a single example)."
             )
     sizes = [t.shape[0] for t in tensors]
     if len(set(sizes)) > 1:
         shapes = ", ".join(str(tuple(t.shape)) for t in tensors)
-        raise ValueError(
+        raise InputError(
             f"The tensors in {name} have different batch sizes {sizes} (shapes {shapes}); "
             "dimension 0 of every input must index the same examples."
         )
@@ -100,7 +103,7 @@ def _one_baseline(baseline: Any, inp: Tensor, index: int) -> Tensor:
     if isinstance(baseline, int | float | bool):
         return torch.full_like(inp, float(baseline))
     if not isinstance(baseline, Tensor):
-        raise TypeError(
+        raise InputTypeError(
             f"baselines[{index}] is a {type(baseline).__name__}; a baseline must be None, a number "
             "or a tensor."
         )
@@ -112,7 +115,7 @@ def _one_baseline(baseline: Any, inp: Tensor, index: int) -> Tensor:
     except RuntimeError:
         shape = None
     if shape != inp.shape:
-        raise ValueError(
+        raise InputError(
             f"baselines[{index}] has shape {tuple(baseline.shape)}, which cannot broadcast to "
             f"input {index} of shape {tuple(inp.shape)}. Pass a scalar, a tensor of the input's "
             f"shape, or one example of shape {(1, *inp.shape[1:])} to use for every example."
@@ -134,13 +137,13 @@ def format_baselines(baselines: BaselineType, inputs: tuple[Tensor, ...]) -> tup
     """
     if isinstance(baselines, tuple | list):
         if len(baselines) != len(inputs):
-            raise ValueError(
+            raise InputError(
                 f"Got {len(baselines)} baselines for {len(inputs)} inputs; pass one baseline per "
                 "input tensor (None for zeros)."
             )
         return tuple(_one_baseline(b, x, i) for i, (b, x) in enumerate(zip(baselines, inputs)))
     if len(inputs) > 1 and isinstance(baselines, Tensor) and baselines.dim() > 0:
-        raise ValueError(
+        raise InputError(
             f"A single baseline tensor was given for {len(inputs)} inputs; pass a tuple with one "
             "baseline per input."
         )
@@ -178,7 +181,7 @@ def format_baseline_distribution(
         )
     entries = as_tuple(baselines)
     if len(entries) != len(inputs):
-        raise ValueError(
+        raise InputError(
             f"Got {len(entries)} baseline distributions for {len(inputs)} inputs; pass one per "
             "input tensor."
         )
@@ -187,19 +190,21 @@ def format_baseline_distribution(
         if b is None or isinstance(b, int | float):
             b = torch.full((1, *x.shape[1:]), float(b or 0.0), dtype=x.dtype, device=x.device)
         if not isinstance(b, Tensor):
-            raise TypeError(f"baselines[{i}] must be a tensor or a number, got {type(b).__name__}.")
+            raise InputTypeError(
+                f"baselines[{i}] must be a tensor or a number, got {type(b).__name__}."
+            )
         b = b.to(device=x.device, dtype=x.dtype)
         if b.dim() == 0:
             b = b.expand(1, *x.shape[1:])
         if tuple(b.shape[1:]) != tuple(x.shape[1:]):
-            raise ValueError(
+            raise InputError(
                 f"baselines[{i}] has shape {tuple(b.shape)}; a baseline distribution for input "
                 f"of shape {tuple(x.shape)} must have shape (n_baselines, *{tuple(x.shape[1:])})."
             )
         out.append(b)
     counts = {b.shape[0] for b in out}
     if len(counts) > 1:
-        raise ValueError(
+        raise InputError(
             f"The baseline distributions have different sizes {sorted(counts)}; every input needs "
             "the same number of baselines (they are drawn jointly)."
         )

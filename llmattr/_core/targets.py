@@ -23,9 +23,10 @@ from typing import Any, TypeAlias
 import torch
 from torch import Tensor
 
+from .errors import InputError, InputTypeError, TargetIndexError
 from .inputs import Layout, expand_batch
 
-__all__ = ["Target", "TargetType", "normalize_target"]
+__all__ = ["Target", "TargetIndexError", "TargetType", "normalize_target"]
 
 
 def _is_int(x: Any) -> bool:
@@ -37,7 +38,7 @@ def _as_index(x: Any, where: str) -> tuple[int, ...]:
         return (int(x),)
     if isinstance(x, tuple) and len(x) > 0 and all(_is_int(v) for v in x):
         return tuple(int(v) for v in x)
-    raise TypeError(
+    raise InputTypeError(
         f"{where} is {x!r}; a target index must be an int or a non-empty tuple of ints."
     )
 
@@ -89,7 +90,7 @@ class Target:
         rest = tuple(output.shape[1:])
         if self.index is None:
             if output[0].numel() != 1:
-                raise ValueError(
+                raise InputError(
                     f"The output has shape {tuple(output.shape)}, i.e. {output[0].numel()} values "
                     "per example, but no target was given. Pass target=<class index> (an int for "
                     "2-D outputs, a tuple for more dimensions) to choose the value to explain."
@@ -97,7 +98,7 @@ class Target:
             return output.reshape(batch)
         k = self.index.shape[-1]
         if k > len(rest) or any(s != 1 for s in rest[k:]):
-            raise ValueError(
+            raise InputError(
                 f"The target indexes {k} output dimension(s) but the output has shape "
                 f"{tuple(output.shape)}: give one index per dimension after the batch "
                 f"(a tuple of {len(rest)} ints)."
@@ -107,7 +108,7 @@ class Target:
         bad = (idx >= sizes) | (idx < -sizes)
         if bool(bad.any()):
             first = idx[bad.any(-1)][0] if self.per_example else idx
-            raise IndexError(
+            raise TargetIndexError(
                 f"Target index {tuple(first.tolist())} is out of range for an output of shape "
                 f"{tuple(output.shape)}."
             )
@@ -147,7 +148,7 @@ def normalize_target(target: TargetType, batch: int) -> Target:
         return Target(torch.tensor(_as_index(target, "target")))
     if isinstance(target, Tensor):
         if target.is_floating_point() or target.dtype == torch.bool:
-            raise TypeError(f"A target tensor must hold integers, got dtype {target.dtype}.")
+            raise InputTypeError(f"A target tensor must hold integers, got dtype {target.dtype}.")
         t = target.detach().long().cpu()
         if t.numel() == 1 and t.dim() <= 1 and not (t.dim() == 1 and batch == 1):
             return Target(t.reshape(1))
@@ -155,22 +156,22 @@ def normalize_target(target: TargetType, batch: int) -> Target:
             return Target(t.reshape(batch, 1), True)
         if t.dim() == 2 and t.shape[0] == batch:
             return Target(t, True)
-        raise ValueError(
+        raise InputError(
             f"A target tensor of shape {tuple(target.shape)} does not fit a batch of {batch}: "
             f"pass one index (0-d), one per example (shape ({batch},)), or one index tuple per "
             f"example (shape ({batch}, k))."
         )
     if isinstance(target, list):
         if len(target) != batch:
-            raise ValueError(
+            raise InputError(
                 f"target is a list of {len(target)} entries for a batch of {batch} examples; a "
                 "list target needs exactly one entry per example."
             )
         rows = [_as_index(t, f"target[{i}]") for i, t in enumerate(target)]
         if len({len(r) for r in rows}) > 1:
-            raise ValueError("All entries of a list target must have the same number of indices.")
+            raise InputError("All entries of a list target must have the same number of indices.")
         return Target(torch.tensor(rows, dtype=torch.long), True)
-    raise TypeError(
+    raise InputTypeError(
         f"target of type {type(target).__name__} is not understood; pass None, an int, a tuple of "
         "ints, a list (one per example) or an integer tensor."
     )

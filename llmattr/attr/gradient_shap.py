@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from .._core.base import GradientAttribution
 from .._core.batching import ChunkSize, run_in_chunks
 from .._core.call import Call
+from .._core.errors import InputError
 from .._core.forward import accumulate_gradients, run_forward
 from .._core.inputs import (
     TensorOrTuple,
@@ -19,6 +21,7 @@ from .._core.inputs import (
     per_example_sum,
 )
 from .._core.layers import LayerCut
+from .._core.perturbation import make_generator
 
 __all__ = ["Draws", "GradientShap", "expected_gradients", "noise_stdevs"]
 
@@ -29,12 +32,12 @@ def noise_stdevs(stdevs: float | tuple[float, ...], n_inputs: int) -> tuple[floa
     if len(values) == 1:
         values = values * n_inputs
     if len(values) != n_inputs:
-        raise ValueError(
+        raise InputError(
             f"Got {len(values)} stdevs for {n_inputs} inputs; pass one number, or one per input."
         )
     for s in values:
-        if not isinstance(s, int | float) or s < 0:
-            raise ValueError(f"stdevs must be non-negative numbers, got {stdevs!r}.")
+        if isinstance(s, bool) or not isinstance(s, int | float) or s < 0:
+            raise InputError(f"stdevs must be non-negative numbers, got {stdevs!r}.")
     return tuple(float(s) for s in values)
 
 
@@ -44,8 +47,15 @@ class GradientShap(GradientAttribution):
     For each of ``n_samples`` draws per example: a baseline ``b`` picked at random from the
     baseline distribution, Gaussian noise ``ε`` (std ``stdevs``) added to the input and a point
     ``b + α (x + ε - b)`` with ``α ~ U(0, 1)``; the attribution is the mean over draws of
-    ``gradient(point) * (x + ε - b)``. Random numbers come from torch's global generator
-    (``torch.manual_seed`` makes results reproducible, whatever ``internal_batch_size``).
+    ``gradient(point) * (x + ε - b)``.
+
+    Random numbers are drawn before any model evaluation (so results do not depend on
+    ``internal_batch_size``) and, by default, as Captum draws them: the baseline rows from numpy's
+    global generator, then each input's noise from torch's, then the ``α`` from numpy's. Seeding
+    both, ``np.random.seed(s); torch.manual_seed(s)``, reproduces Captum's numbers for one input;
+    ``generator=`` (a ``torch.Generator`` or an int seed) draws everything from that generator
+    instead. Unlike Captum, one baseline row per draw is used for *every* input of a tuple (the
+    distribution's rows are joint samples, as in DeepLiftShap), not one row per input.
 
     Args:
         forward_func: the model or forward function.
@@ -75,6 +85,7 @@ class GradientShap(GradientAttribution):
         additional_forward_args: Any = None,
         return_convergence_delta: bool = False,
         internal_batch_size: ChunkSize = None,
+        generator: torch.Generator | int | None = None,
     ) -> TensorOrTuple | tuple[TensorOrTuple, Tensor]:
         """Expected-gradients attributions.
 
@@ -90,6 +101,8 @@ class GradientShap(GradientAttribution):
             return_convergence_delta: also return the completeness gap of every draw.
             internal_batch_size: draws (``batch * n_samples`` rows) per forward/backward; None for
                 all at once, ``"auto"`` to halve on out-of-memory.
+            generator: None to draw like Captum (numpy's and torch's global generators), or a
+                ``torch.Generator`` / int seed to draw every random number from it.
 
         Returns:
             Attributions shaped like ``inputs``; with ``return_convergence_delta`` also a delta of
@@ -98,10 +111,11 @@ class GradientShap(GradientAttribution):
         """
         call = Call.of(inputs, target, additional_forward_args, gradient_method=self.get_name())
         if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-            raise ValueError(f"n_samples must be a positive int, got {n_samples!r}.")
+            raise InputError(f"n_samples must be a positive int, got {n_samples!r}.")
         dist = format_baseline_distribution(baselines, call.inputs, inputs)
         sds = noise_stdevs(stdevs, len(call.inputs))
-        draws = Draws.sample(call, dist, n_samples, sds)
+        gen = make_generator(generator)
+        draws = Draws.sample(call, dist, n_samples, sds, gen, numpy_global=gen is None)
         attrs, delta = expected_gradients(
             self.forward_func,
             call,
@@ -114,6 +128,21 @@ class GradientShap(GradientAttribution):
         if delta is None:
             return result
         return result, delta
+
+
+def _noise(x: Tensor, sd: float, generator: torch.Generator | None) -> Tensor:
+    """``N(0, sd²)`` noise shaped like ``x``, drawn as Captum draws it: from a tensor of standard
+    deviations in torch's default dtype, on ``x``'s device (the generator's when one is given)."""
+    device = x.device if generator is None else generator.device
+    std = torch.tensor(sd, device=device).repeat(x.shape)
+    return torch.normal(0.0, std, generator=generator).to(device=x.device, dtype=x.dtype)
+
+
+def _randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Standard normal noise shaped like ``x``, in its dtype (drawn on the generator's device)."""
+    device = x.device if generator is None else generator.device
+    z = torch.randn(x.shape, dtype=x.dtype, device=device, generator=generator)
+    return z.to(x.device)
 
 
 class Draws:
@@ -151,20 +180,39 @@ class Draws:
         baselines: tuple[Tensor, ...],
         n_samples: int,
         stdevs: tuple[float, ...],
+        generator: torch.Generator | None = None,
+        *,
+        numpy_global: bool = False,
     ) -> Draws:
+        """Draw the baseline rows, noise and ``α`` of ``batch * n_samples`` rows, all at once.
+
+        Args:
+            call: the normalized call (``batch`` examples).
+            baselines: the distribution, per input ``(n_baselines, ...)``.
+            n_samples: draws per example; rows are example-major.
+            stdevs: noise standard deviation per input.
+            generator: the torch generator to draw from (None: torch's global one).
+            numpy_global: draw as Captum does, so that seeding numpy and torch gives Captum's
+                numbers: baseline rows from numpy's global generator, then each input's noise
+                from torch's, then ``α`` from numpy's. Otherwise everything comes from torch
+                (rows, ``α``, then the noise of inputs whose ``stdevs`` is not 0).
+        """
         n_rows = call.batch * n_samples
         examples = torch.arange(call.batch).repeat_interleave(n_samples)
-        index = torch.randint(0, baselines[0].shape[0], (n_rows,))
-        alphas = torch.rand(n_rows, dtype=torch.float64)
-        noisy = tuple(
-            x.repeat_interleave(n_samples, dim=0)
-            + (
-                sd * torch.randn((n_rows, *x.shape[1:]), dtype=x.dtype, device=x.device)
-                if sd
-                else 0
+        n_base = baselines[0].shape[0]
+        repeated = tuple(x.repeat_interleave(n_samples, dim=0) for x in call.inputs)
+        if numpy_global:
+            index = torch.as_tensor(np.random.choice(n_base, n_rows), dtype=torch.long)
+            noisy = tuple(
+                x + _noise(x, sd, generator) for x, sd in zip(repeated, stdevs)
+            )  # Captum draws it even for sd = 0: torch's generator then advances the same way
+            alphas = torch.as_tensor(np.random.uniform(0.0, 1.0, n_rows), dtype=torch.float64)
+        else:
+            index = torch.randint(0, n_base, (n_rows,), generator=generator)
+            alphas = torch.rand(n_rows, dtype=torch.float64, generator=generator)
+            noisy = tuple(
+                x + sd * _randn_like(x, generator) if sd else x for x, sd in zip(repeated, stdevs)
             )
-            for x, sd in zip(call.inputs, stdevs)
-        )
         return cls(examples, index, alphas, noisy, baselines, n_samples)
 
     def base(self, k: int, start: int, end: int) -> Tensor:
@@ -217,10 +265,12 @@ def expected_gradients(
             return grads
 
     def points(start: int, end: int) -> tuple[Tensor, ...]:
-        return tuple(
-            draws.base(k, start, end) + draws.alpha(start, end, x) * diff(k, start, end)
-            for k, x in enumerate(call.inputs)
-        )
+        # α x̃ + (1 - α) b, in Captum's arithmetic so that seeded results agree to the last bits
+        out = []
+        for k, x in enumerate(call.inputs):
+            a = draws.alpha(start, end, x)
+            out.append(a * draws.noisy[k][start:end] + (1 - a) * draws.base(k, start, end))
+        return tuple(out)
 
     def contribution(start: int, end: int, grads: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         global_parts = tuple(g * d for g, d in zip(grads, diffs(start, end)))
