@@ -13,6 +13,7 @@ from conftest import MLP, SmallCNN, TwoInputNet, close
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import Tensor
+from torch.futures import Future
 
 from llmattr import FeatureAblation
 
@@ -280,17 +281,20 @@ def test_multi_output_forward_stacks_per_output_runs() -> None:
     x = torch.randn(3, 6, dtype=F64)
     mask = torch.tensor([[0, 0, 1, 2, 2, 3]])
     fa = FeatureAblation(model)
-    attr = fa.attribute(x, feature_mask=mask, baselines=0.2, perturbations_per_eval=3)
+    kw = {"feature_mask": mask, "baselines": 0.2, "perturbations_per_eval": 3}
+    attr = fa.attribute(x, per_example_outputs=True, **kw)
     assert attr.shape == (3, 4, 6)
     per_output = [fa.attribute(x, target=t, feature_mask=mask, baselines=0.2) for t in range(4)]
     assert close(attr, torch.stack(per_output, 1))
+    # Captum's layout (the default): one row per output element, example-major
+    assert torch.equal(fa.attribute(x, **kw), attr.reshape(12, 6))
 
 
 def test_multi_output_linear_closed_form() -> None:
     W = torch.randn(5, 3, dtype=F64)
     x = torch.randn(2, 5, dtype=F64)
     attr = FeatureAblation(lambda z: z @ W).attribute(x, baselines=1.0)
-    assert close(attr, W.T.unsqueeze(0) * (x - 1.0).unsqueeze(1))
+    assert close(attr, (W.T.unsqueeze(0) * (x - 1.0).unsqueeze(1)).reshape(6, 5))
 
 
 def test_two_output_dimensions_stack_per_index_runs() -> None:
@@ -301,8 +305,9 @@ def test_two_output_dimensions_stack_per_index_runs() -> None:
 
     x = torch.randn(2, 6, dtype=F64)
     fa = FeatureAblation(f)
-    attr = fa.attribute(x, perturbations_per_eval=4)
+    attr = fa.attribute(x, perturbations_per_eval=4, per_example_outputs=True)
     assert attr.shape == (2, 2, 3, 6)
+    assert torch.equal(fa.attribute(x, perturbations_per_eval=4), attr.reshape(12, 6))
     for t in range(2):
         for u in range(3):
             assert close(attr[:, t, u], fa.attribute(x, target=(t, u)))
@@ -344,9 +349,10 @@ def test_aggregate_with_several_outputs() -> None:
         return model(z).sum(0)
 
     attr = FeatureAblation(col_sums).attribute(x)
-    assert attr.shape == (1, 3, 6)
+    assert attr.shape == (3, 6)  # Captum: (output.numel(), *x.shape[1:])
     expected = aggregate_brute(col_sums, x, torch.zeros_like(x), torch.arange(6).reshape(1, 6))
-    assert close(attr, expected)
+    assert close(attr, expected[0])
+    assert torch.equal(FeatureAblation(col_sums).attribute(x, per_example_outputs=True), expected)
 
 
 def test_aggregate_rejects_stacking_and_per_example_masks() -> None:
@@ -426,7 +432,8 @@ def test_show_progress_prints_a_bar(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().err == ""
     loud = FeatureAblation(model).attribute(x, target=0, show_progress=True)
     err = capsys.readouterr().err
-    assert "Feature Ablation" in err and "6/6" in err and "100%" in err
+    # Captum's title and count: the unperturbed forward and one per feature
+    assert "Feature Ablation attribution" in err and "7/7" in err and "100%" in err
     assert torch.equal(loud, quiet)
 
 
@@ -435,9 +442,22 @@ def test_attribute_future_equals_attribute() -> None:
     x = torch.randn(3, 6, dtype=F64)
     kwargs = {"target": 1, "feature_mask": torch.tensor([[0, 0, 1, 1, 2, 2]]), "baselines": 0.1}
     fa = FeatureAblation(model)
-    assert torch.equal(fa.attribute_future(x, **kwargs).wait(), fa.attribute(x, **kwargs))
-    with pytest.raises(ValueError, match="contiguous"):
-        fa.attribute_future(x, feature_mask=torch.tensor([[0, 2, 2, 2, 2, 2]])).wait()
+    future = FeatureAblation(lambda z: _done(model(z))).attribute_future(x, **kwargs)
+    assert isinstance(future, Future)
+    assert torch.equal(future.wait(), fa.attribute(x, **kwargs))
+    with pytest.raises(ValueError, match="negative"):
+        fa.attribute_future(x, feature_mask=torch.tensor([[0, -2, 2, 2, 2, 2]])).wait()
+    # Captum: attribute_future needs a forward returning a Future, attribute one that does not
+    with pytest.raises(AssertionError, match=r"returns a torch\.futures\.Future"):
+        fa.attribute_future(x, **kwargs)
+    with pytest.raises(AssertionError, match="call attribute_future"):
+        FeatureAblation(lambda z: _done(model(z))).attribute(x, **kwargs)
+
+
+def _done(value: Tensor) -> Future:
+    future: Future = Future()
+    future.set_result(value)
+    return future
 
 
 # --- bad input fails before any forward -----------------------------------------------------------
@@ -448,8 +468,7 @@ BAD_MASKS = {
     "wrong batch": (torch.zeros(3, 6, dtype=torch.long), ValueError, "does not fit"),
     "too many dims": (torch.zeros(1, 1, 6, dtype=torch.long), ValueError, "does not fit"),
     "negative": (torch.tensor([[0, 1, -1, 2, 2, 2]]), ValueError, "negative"),
-    "gap": (torch.tensor([[0, 0, 2, 2, 2, 2]]), ValueError, "contiguous"),
-    "float": (torch.zeros(1, 6), TypeError, "integer"),
+    "float": (torch.full((1, 6), 0.5), ValueError, "whole numbers"),
     "bool": (torch.zeros(1, 6, dtype=torch.bool), TypeError, "integer"),
     "list": ([[0, 1, 2, 3, 4, 5]], TypeError, "integer tensor"),
 }
@@ -462,6 +481,18 @@ def test_bad_masks_fail_before_any_forward(case: str) -> None:
     with pytest.raises(err, match=msg):
         FeatureAblation(counted).attribute(torch.randn(4, 6), target=0, feature_mask=mask)
     assert counted.calls == 0
+
+
+def test_ids_may_skip_numbers_as_in_captum() -> None:
+    """Captum visits the ids a mask holds; a gap is no error (and costs no forward)."""
+    model = MLP().double()
+    counted = Counting(model)
+    x = torch.randn(3, 6, dtype=F64)
+    gapped = torch.tensor([[0, 0, 4, 4, 9, 9]])
+    attr = FeatureAblation(counted).attribute(x, target=1, feature_mask=gapped)
+    assert counted.calls == 1 + 3
+    dense = FeatureAblation(model).attribute(x, target=1, feature_mask=gapped // 4)
+    assert torch.equal(attr, dense)
 
 
 @pytest.mark.parametrize("n_masks", [1, 3])

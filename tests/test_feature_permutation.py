@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import MLP, Counting, TwoInputNet, close, roll
 from torch import Tensor
+from torch.futures import Future
 
 from llmattr import FeaturePermutation
 
@@ -104,9 +105,11 @@ def test_multi_output_forward_stacks_per_target_runs() -> None:
     model = MLP().double()
     x = torch.randn(4, 6, dtype=F64)
     fp = FeaturePermutation(model, perm_func=roll)
-    attr = fp.attribute(x, perturbations_per_eval=4)
+    attr = fp.attribute(x, perturbations_per_eval=4, per_example_outputs=True)
     assert attr.shape == (4, 3, 6)
     assert close(attr, torch.stack([fp.attribute(x, target=t) for t in range(3)], 1))
+    # Captum's layout (the default): one row per output element, example-major
+    assert torch.equal(fp.attribute(x, perturbations_per_eval=4), attr.reshape(12, 6))
 
 
 # --- the default random permutation ---------------------------------------------------------------
@@ -161,19 +164,27 @@ def test_bad_generator() -> None:
 # --- errors before any forward --------------------------------------------------------------------
 
 
-def test_a_batch_of_one_is_rejected() -> None:
+def test_a_batch_of_one_gives_zeros_with_a_warning_as_in_captum() -> None:
     counted = Counting(MLP())
-    with pytest.raises(ValueError, match="more than one example"):
-        FeaturePermutation(counted).attribute(torch.randn(1, 6), target=0)
-    assert counted.calls == 0
+    with pytest.warns(UserWarning, match="batch of one"):
+        attr = FeaturePermutation(counted).attribute(torch.randn(1, 6), target=0)
+    assert torch.equal(attr, torch.zeros(1, 6))
+    assert counted.calls == 1  # the unperturbed forward only
 
 
-def test_per_example_masks_are_rejected() -> None:
-    counted = Counting(MLP())
-    mask = torch.tensor([[0, 0, 1, 1, 2, 2], [0, 1, 2, 0, 1, 2]])
-    with pytest.raises(ValueError, match="shared by the batch"):
-        FeaturePermutation(counted).attribute(torch.randn(2, 6), target=0, feature_mask=mask)
-    assert counted.calls == 0
+def test_per_example_masks_match_brute_force() -> None:
+    model = MLP().double()
+    x = torch.randn(3, 6, dtype=F64)
+    mask = torch.tensor([[0, 0, 1, 1, 2, 2], [0, 1, 2, 0, 1, 2], [2, 2, 2, 1, 0, 0]])
+    attr = FeaturePermutation(model, perm_func=roll).attribute(x, target=1, feature_mask=mask)
+    with torch.no_grad():
+        y = model(x)[:, 1]
+        expected = torch.zeros_like(x)
+        for p in range(3):
+            sel = mask == p
+            drop = y - model(roll(x, sel))[:, 1]
+            expected += sel * drop[:, None]
+    assert close(attr, expected)
 
 
 @pytest.mark.parametrize("ppe", [0, -1, 1.5, True])
@@ -194,6 +205,13 @@ def test_show_progress_and_future(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().err == ""
     loud = fp.attribute(x, target=2, generator=1, show_progress=True)
     err = capsys.readouterr().err
-    assert "Feature Permutation" in err and "6/6" in err
+    assert "Feature Permutation attribution" in err and "7/7" in err
     assert torch.equal(loud, quiet)
-    assert torch.equal(fp.attribute_future(x, target=2, generator=1).wait(), quiet)
+
+    def later(z: Tensor) -> Future:
+        future: Future = Future()
+        future.set_result(model(z))
+        return future
+
+    future = FeaturePermutation(later).attribute_future(x, target=2, generator=1)
+    assert torch.equal(future.wait(), quiet)

@@ -13,6 +13,7 @@ from conftest import Counting, SmallCNN, close
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor
+from torch.futures import Future
 
 from llmattr import Occlusion
 
@@ -133,7 +134,7 @@ def test_window_covering_everything_gives_the_total_drop() -> None:
     ("window", "strides"),
     [
         ((1, 2, 3), None),
-        ((1, 2, 3), 2),
+        ((2, 2, 3), 2),
         ((1, 2, 3), (1, 2, 3)),
         ((2, 3, 2), (1, 1, 2)),
         ((1, 3, 3), (1, 2, 2)),
@@ -169,17 +170,18 @@ def test_every_element_is_covered_for_any_window_and_stride(size: int, data) -> 
     assert close(attr, linear_window_closed_form(w * x, (window,), (stride,)), F64, 10)
 
 
-def test_stride_longer_than_window_leaves_gaps_at_zero() -> None:
-    """Size 6, window 2, stride 3: windows {0, 1} and {3, 4}; elements 2 and 5 get 0 (not NaN)."""
+def test_stride_longer_than_window_is_refused_as_in_captum() -> None:
+    """Size 6, window 2, stride 3 would never occlude elements 2 and 5: Captum asserts, so this
+    raises InputError (an AssertionError) before any forward. A stride longer than a window that
+    spans its whole dimension is fine (there is one window)."""
     w = torch.randn(6, dtype=F64)
     x = torch.randn(2, 6, dtype=F64)
     counted = Counting(lambda z: z @ w)
-    attr = Occlusion(counted).attribute(x, sliding_window_shapes=(2,), strides=3)
-    c = w * x
-    zero = torch.zeros(2, dtype=F64)
-    pair0, pair1 = c[:, 0] + c[:, 1], c[:, 3] + c[:, 4]
-    assert close(attr, torch.stack([pair0, pair0, zero, pair1, pair1, zero], 1))
-    assert counted.calls == 1 + 2  # no empty window past the end is evaluated
+    with pytest.raises(AssertionError, match="exceed the sliding window"):
+        Occlusion(counted).attribute(x, sliding_window_shapes=(2,), strides=3)
+    assert counted.calls == 0
+    attr = Occlusion(counted).attribute(x, sliding_window_shapes=(6,), strides=7)
+    assert close(attr, (w * x).sum(1, keepdim=True).expand(2, 6))
 
 
 def test_two_inputs_with_a_window_and_stride_per_input() -> None:
@@ -200,13 +202,13 @@ def test_two_inputs_with_a_window_and_stride_per_input() -> None:
     ]:
         a1, a2 = occ.attribute(
             (x1, x2),
-            sliding_window_shapes=((3,), (1, 3)),
+            sliding_window_shapes=((3,), (2, 3)),
             strides=strides,
             baselines=(0.5, -1.0),
             perturbations_per_eval=4,
         )
         assert close(a1, linear_window_closed_form(c1, (3,), s1)), strides
-        assert close(a2, linear_window_closed_form(c2, (1, 3), s2)), strides
+        assert close(a2, linear_window_closed_form(c2, (2, 3), s2)), strides
 
 
 # --- nonlinear: the brute-force loop --------------------------------------------------------------
@@ -248,8 +250,12 @@ def test_multi_output_forward_stacks_per_target_runs() -> None:
     x = torch.randn(2, 1, 8, 8, dtype=F64)
     occ = Occlusion(model)
     kwargs = {"sliding_window_shapes": (1, 4, 4), "strides": (1, 2, 2), "baselines": 0.5}
-    attr = occ.attribute(x, perturbations_per_eval=5, **kwargs)
+    attr = occ.attribute(x, perturbations_per_eval=5, per_example_outputs=True, **kwargs)
     assert attr.shape == (2, 4, 1, 8, 8)
+    # Captum's layout (the default): one row per output element, example-major
+    assert torch.equal(
+        occ.attribute(x, perturbations_per_eval=5, **kwargs), attr.reshape(8, 1, 8, 8)
+    )
     per_target = [occ.attribute(x, target=t, **kwargs) for t in range(4)]
     assert close(attr, torch.stack(per_target, 1))
     expected = brute_occlusion(model, x, torch.full_like(x, 0.5), (1, 4, 4), (1, 2, 2))
@@ -282,9 +288,15 @@ def test_show_progress_and_future(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().err == ""
     loud = occ.attribute(x, show_progress=True, **kwargs)
     err = capsys.readouterr().err
-    assert "Occlusion" in err and "4/4" in err
+    assert "Occlusion attribution" in err and "5/5" in err  # the unperturbed forward too
     assert torch.equal(loud, quiet)
-    assert torch.equal(occ.attribute_future(x, **kwargs).wait(), quiet)
+
+    def later(z: Tensor) -> Future:
+        future: Future = Future()
+        future.set_result(model(z))
+        return future
+
+    assert torch.equal(Occlusion(later).attribute_future(x, **kwargs).wait(), quiet)
 
 
 # --- validation before any forward ----------------------------------------------------------------

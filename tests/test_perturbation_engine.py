@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import MLP, TwoInputNet, close, roll
 from torch import Tensor, nn
+from torch.futures import Future
 
 from llmattr import FeatureAblation, FeaturePermutation, Occlusion
 from llmattr._core.call import Call
@@ -263,3 +264,59 @@ def test_small_validators() -> None:
     for bad in (True, 1.5, "7"):
         with pytest.raises(TypeError, match="generator"):
             make_generator(bad)  # type: ignore[arg-type]
+
+
+# --- layouts, outputs that are not tensors, futures -----------------------------------------------
+
+
+def test_layouts_of_a_multi_output_forward() -> None:
+    """``rows``: one map per output of each example (Lime, the text layer); ``flat``: Captum's
+    FeatureAblation ``(output.numel(), ...)``; ``output``: Captum's Shapley ``(*output.shape,
+    ...)``. All hold the same numbers in the same (example-major) order."""
+    x = torch.randn(4, 3, dtype=F64)
+    credits = torch.randn(4, 2, 3, dtype=F64)
+    fm = FeatureMasks.of(None, (x,))
+    shapes = {"rows": (4, 2, 3), "flat": (8, 3), "output": (4, 2, 3)}
+    for layout, shape in shapes.items():
+        call = Call.of(x)
+        run = PerturbationRun(lambda z: torch.stack([z.sum(1), z.prod(1)], 1), call, (x,), 1,
+                              layout=layout)  # fmt: skip
+        (attr,) = run.feature_attributions(credits, fm)
+        assert attr.shape == shape and torch.equal(attr.reshape(4, 2, 3), credits)
+    call = Call.of(x)
+    agg = PerturbationRun(lambda z: z.sum(0), call, (x,), 1, layout="output")
+    assert agg.feature_attributions(torch.zeros(1, 3, 3, dtype=F64), fm)[0].shape == (3, 3)
+
+
+def test_non_tensor_outputs() -> None:
+    x = torch.randn(2, 3, dtype=F64)
+    attr = FeatureAblation(lambda z: float(z.sum())).attribute(x)
+    assert attr.dtype == F64 and attr.shape == (1, 3)  # a Python float is float64, as Captum
+    assert close(attr, x.sum(0, keepdim=True))
+    attr = FeatureAblation(lambda z: int(z.sum() * 1000)).attribute(x)
+    assert attr.dtype == torch.int64
+    with pytest.raises(AssertionError, match="must return a tensor, an int or a float"):
+        FeatureAblation(lambda z: "high").attribute(x)
+
+
+def test_futures_completing_out_of_order_are_folded_in_order() -> None:
+    model = MLP().double()
+    x = torch.randn(3, 6, dtype=F64)
+    mask = torch.tensor([[0, 0, 1, 2, 2, 3]])
+    waiting: list[tuple[Future, Tensor]] = []
+
+    def later(z: Tensor) -> Future:
+        future: Future = Future()
+        waiting.append((future, model(z)))
+        return future
+
+    result = FeatureAblation(later).attribute_future(
+        x, target=[0, 1, 2], feature_mask=mask, perturbations_per_eval=2
+    )
+    assert len(waiting) == 3 and not result.done()  # every forward issued, nothing folded yet
+    for future, value in reversed(waiting):
+        future.set_result(value)
+    expected = FeatureAblation(model).attribute(
+        x, target=[0, 1, 2], feature_mask=mask, perturbations_per_eval=2
+    )
+    assert torch.equal(result.wait(), expected)

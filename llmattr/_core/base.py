@@ -74,7 +74,11 @@ class Attribution:
         """Run :meth:`attribute` in a background thread and return a ``torch.futures.Future``.
 
         ``future.wait()`` returns exactly what ``attribute`` returns with the same arguments, or
-        raises the exception it raised.
+        raises the exception it raised. This is llmattr's fallback for methods that Captum gives
+        no ``attribute_future`` (Captum raises NotImplementedError there). The methods with
+        Captum's futures (FeatureAblation, FeaturePermutation, ShapleyValueSampling,
+        ShapleyValues; Occlusion in llmattr) override it: their forward must return a
+        ``torch.futures.Future`` and the futures are chained, no thread involved.
         """
         future: Future = Future()
 

@@ -2,9 +2,10 @@
 
 A feature mask is an integer tensor per input, broadcastable to it, whose values are feature ids;
 elements sharing an id are perturbed together, across inputs too (id 3 in input 0 and in input 1
-is one feature). Ids must be ``0 .. n_features - 1`` with none missing. The mask's first dimension
-is 1 (one grouping for every example) or the batch size (a grouping per example). Without a mask,
-every element of every input is its own feature.
+is one feature). Ids must be ``0 .. n_features - 1`` with none missing, unless the caller allows
+gaps (Captum's perturbation methods accept them: an unused id is a feature without elements). The
+mask's first dimension is 1 (one grouping for every example) or the batch size (a grouping per
+example). Without a mask, every element of every input is its own feature.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .errors import InputError
 from .inputs import as_tuple
 
 __all__ = ["FeatureMasks"]
@@ -34,21 +36,31 @@ class FeatureMasks:
 
     @classmethod
     def of(
-        cls, feature_mask: Any, inputs: tuple[Tensor, ...], name: str = "feature_mask"
+        cls,
+        feature_mask: Any,
+        inputs: tuple[Tensor, ...],
+        name: str = "feature_mask",
+        *,
+        allow_gaps: bool = False,
     ) -> FeatureMasks:
-        """Validate ``feature_mask`` (None, a tensor, or a tuple with one per input)."""
+        """Validate ``feature_mask`` (None, a tensor, or a tuple with one per input).
+
+        Integer masks are used as they are; a floating mask is accepted when its values are
+        whole numbers (Captum compares ids with ``==``, so ``2.0`` is feature 2). With
+        ``allow_gaps`` (Captum's perturbation methods) ids may skip numbers: ``n_features`` is
+        then the largest id + 1, and an unused id is a feature without elements.
+        """
         if feature_mask is None:
             masks, offset = [], 0
             for x in inputs:
-                n = x[0].numel()
-                masks.append(
-                    torch.arange(offset, offset + n, device=x.device).reshape(1, *x.shape[1:])
-                )
+                first = x[0:1]  # an empty input has no element, hence no feature
+                n = first.numel()
+                masks.append(torch.arange(offset, offset + n, device=x.device).reshape(first.shape))
                 offset += n
             return cls(tuple(masks), offset)
         entries = as_tuple(feature_mask)
         if len(entries) != len(inputs):
-            raise ValueError(
+            raise InputError(
                 f"Got {len(entries)} {name} tensors for {len(inputs)} inputs; pass one mask per "
                 "input tensor (a tuple)."
             )
@@ -57,18 +69,26 @@ class FeatureMasks:
         for i, (m, x) in enumerate(zip(entries, inputs)):
             if not isinstance(m, Tensor):
                 raise TypeError(f"{name}[{i}] must be an integer tensor, got {type(m).__name__}.")
-            if m.is_floating_point() or m.is_complex() or m.dtype == torch.bool:
+            if m.is_complex() or m.dtype == torch.bool:
                 raise TypeError(f"{name}[{i}] must hold integer feature ids, got dtype {m.dtype}.")
+            if m.is_floating_point():
+                if not bool(torch.isfinite(m).all()) or not bool((m == m.round()).all()):
+                    raise InputError(
+                        f"{name}[{i}] is a floating mask with values that are not whole numbers; "
+                        "feature ids must be integers 0 .. n_features - 1."
+                    )
             m = m.to(device=x.device, dtype=torch.long)
             if m.dim() < x.dim():
                 m = m.reshape(*([1] * (x.dim() - m.dim())), *m.shape)
+            # dimension 0: one grouping for all examples (1) or one per example; an input whose
+            # dimension 0 is not the batch (a flat index list) may have one id per entry
             ok = (
                 m.dim() == x.dim()
-                and m.shape[0] in (1, batch)
+                and m.shape[0] in (1, batch, x.shape[0])
                 and all(a in (1, b) for a, b in zip(m.shape[1:], x.shape[1:]))
             )
             if not ok:
-                raise ValueError(
+                raise InputError(
                     f"{name}[{i}] has shape {tuple(entries[i].shape)}, which does not fit input "
                     f"{i} of shape {tuple(x.shape)}: it must broadcast to the input, with first "
                     f"dimension 1 (shared by every example) or {batch} (one per example)."
@@ -77,18 +97,30 @@ class FeatureMasks:
         ids = torch.cat([m.reshape(-1).cpu() for m in masks])
         if ids.numel() and int(ids.min()) < 0:
             negative = ids[ids < 0].unique()
-            raise ValueError(
+            raise InputError(
                 f"{name} holds negative feature ids {negative.tolist()[:5]}; ids must be >= 0."
             )
         used = torch.bincount(ids) > 0 if ids.numel() else torch.zeros(0, dtype=torch.bool)
         n = used.shape[0]
-        if not bool(used.all()):
+        if not allow_gaps and not bool(used.all()):
             missing = torch.nonzero(~used).flatten()[:5].tolist()
-            raise ValueError(
+            raise InputError(
                 f"{name} ids must be contiguous 0 .. n_features - 1; ids {missing} are missing. "
                 "Renumber the mask, e.g. with torch.unique(mask, return_inverse=True)[1]."
             )
         return cls(tuple(masks), n)
+
+    def order(self) -> Tensor:
+        """The ids that have elements, in Captum's order: input by input, each input's new ids
+        ascending (``torch.unique``), so features are visited as Captum visits them."""
+        seen = torch.zeros(self.n_features, dtype=torch.bool)
+        order = []
+        for m in self.masks:
+            ids = m.reshape(-1).unique().cpu()
+            fresh = ids[~seen[ids]]
+            seen[fresh] = True
+            order.append(fresh)
+        return torch.cat(order) if order else torch.zeros(0, dtype=torch.long)
 
     @property
     def per_example(self) -> bool:
@@ -117,18 +149,23 @@ class FeatureMasks:
         return tuple(out)
 
     def single(self, start: int, end: int) -> tuple[Tensor, ...]:
-        """Element masks of features ``start .. end - 1``, one feature per perturbation.
+        """Element masks of features ``start .. end - 1``, one feature per perturbation
+        (:meth:`each` of those ids)."""
+        return self.each(torch.arange(start, end))
+
+    def each(self, ids: Tensor) -> tuple[Tensor, ...]:
+        """Element masks of the features ``ids``, one feature per perturbation.
 
         The same as :meth:`absent` with all features but one present, without building the
         ``(k, n_features)`` table (ablation and permutation remove one feature at a time).
 
         Returns:
-            Per input a bool tensor ``(end - start, 1 or batch, *input.shape[1:])``.
+            Per input a bool tensor ``(len(ids), 1 or batch, *input.shape[1:])``.
         """
         out = []
         for m in self.masks:
-            ids = torch.arange(start, end, device=m.device).view(-1, *([1] * m.dim()))
-            out.append(m.unsqueeze(0) == ids)
+            view = ids.to(m.device).view(-1, *([1] * m.dim()))
+            out.append(m.unsqueeze(0) == view)
         return tuple(out)
 
     def spread(self, credits: Tensor) -> tuple[Tensor, ...]:
@@ -144,6 +181,9 @@ class FeatureMasks:
         rows, n_out, _ = credits.shape
         out = []
         for m in self.masks:
+            if m.numel() == 0:  # an empty input: nothing to credit
+                out.append(credits.new_zeros(rows, n_out, *m.shape[1:]))
+                continue
             flat = m.reshape(m.shape[0], -1)
             credits = credits.to(m.device)
             if m.shape[0] == 1:

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from .._core.base import Attribution
+from .._core.errors import InputError
 from .._core.inputs import (
     TensorOrTuple,
     as_tuple,
@@ -89,13 +90,16 @@ class NoiseTunnel(Attribution):
             Attributions shaped like the wrapped method's for ``inputs``; with
             ``return_convergence_delta`` also the wrapped method's deltas for every noisy copy,
             example-major, shape ``(batch * nt_samples * k,)`` where ``k`` is the number of deltas
-            the method returns per example (1 for most).
+            the method returns per example (1 for most): ``delta.reshape(batch, -1)[i]`` are
+            example ``i``'s, whatever ``nt_samples_batch_size`` (Captum concatenates the
+            partitions, so its order changes with ``nt_samples_batch_size``). A per-example
+            ``feature_mask`` (first dimension ``batch``) follows its example over the copies.
         """
         xs, was_tuple = format_inputs(inputs)
         try:
             kind = NoiseTunnelType[nt_type]
         except KeyError:
-            raise ValueError(
+            raise InputError(
                 f"nt_type must be one of {[t.name for t in NoiseTunnelType]}, got {nt_type!r}."
             ) from None
         for name, value in (
@@ -105,7 +109,7 @@ class NoiseTunnel(Attribution):
             if value is not None and (
                 isinstance(value, bool) or not isinstance(value, int) or value < 1
             ):
-                raise ValueError(f"{name} must be a positive int, got {value!r}.")
+                raise InputError(f"{name} must be a positive int, got {value!r}.")
         for i, x in enumerate(xs):
             if not x.is_floating_point():
                 raise TypeError(
@@ -143,6 +147,8 @@ class NoiseTunnel(Attribution):
             call_kwargs["target"] = target.expand(k, "interleave")
             if args:
                 call_kwargs["additional_forward_args"] = expand_args(args, batch, k, "interleave")
+            if kwargs.get("feature_mask") is not None:
+                call_kwargs["feature_mask"] = _expand_masks(kwargs["feature_mask"], k)
             if has_baselines:
                 index = (
                     drawn[:, done : done + k].reshape(-1) if draw_baseline_from_distrib else None
@@ -152,7 +158,11 @@ class NoiseTunnel(Attribution):
             if with_delta:
                 out, delta = out
                 deltas.append(delta.reshape(batch, -1))
-            rows = tuple(a.reshape(batch, k, *a.shape[1:]) for a in as_tuple(out))
+            # rows are example-major over the copies; a method giving m rows per example (one
+            # per output, Captum's FeatureAblation layout) keeps them after the copy axis
+            rows = tuple(
+                a.reshape(batch, k, a.shape[0] // (batch * k), *a.shape[1:]) for a in as_tuple(out)
+            )
             part = [r.sum(1) for r in rows]
             part_sq = [(r * r).sum(1) for r in rows]
             sums = part if sums is None else [s + p for s, p in zip(sums, part)]
@@ -167,7 +177,7 @@ class NoiseTunnel(Attribution):
             result = [s / nt_samples for s in sq_sums]
         else:
             result = [s / nt_samples - m * m for s, m in zip(sq_sums, means)]
-        attrs = restore_form(result, was_tuple)
+        attrs = restore_form([r.reshape(-1, *r.shape[2:]) for r in result], was_tuple)
         if with_delta:
             return attrs, torch.cat(deltas, dim=1).reshape(-1)
         return attrs
@@ -198,6 +208,16 @@ class NoiseTunnel(Attribution):
             for i, b in enumerate(entries)
         )
         return expanded if isinstance(baselines, tuple | list) else expanded[0]
+
+
+def _expand_masks(feature_mask: Any, k: int) -> Any:
+    """A per-example feature mask (first dimension > 1) follows its example over the ``k``
+    noisy copies (example-major, like the copies); a shared mask is passed as it is."""
+    entries = tuple(
+        m.repeat_interleave(k, dim=0) if isinstance(m, Tensor) and m.dim() and m.shape[0] > 1 else m
+        for m in as_tuple(feature_mask)
+    )
+    return entries if isinstance(feature_mask, tuple | list) else entries[0]
 
 
 def _noisy_copies(xs: tuple[Tensor, ...], stdevs: tuple[float, ...], k: int) -> tuple[Tensor, ...]:
