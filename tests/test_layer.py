@@ -4,6 +4,7 @@ inputs, chunking)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -186,10 +187,11 @@ def test_lig_at_identity_after_input_equals_ig(smooth: Smooth, xb) -> None:
 
 
 def test_lig_list_of_layers_each_complete(smooth: Smooth, xb) -> None:
+    # layers_jointly=False: every layer on its own path (the default is Captum's joint path)
     x, b = xb
     layers = [smooth.fc2, smooth.fc1, smooth.inp]
     attrs, deltas = LayerIntegratedGradients(smooth, layers).attribute(
-        x, b, 0, n_steps=40, return_convergence_delta=True
+        x, b, 0, n_steps=40, return_convergence_delta=True, layers_jointly=False
     )
     assert isinstance(attrs, list) and isinstance(deltas, list)
     assert [a.shape for a in attrs] == [(5, 5), (5, 6), (5, 4)]
@@ -634,6 +636,8 @@ def test_layer_gradient_shap_reproducible_with_seed(xb) -> None:
     lgs = LayerGradientShap(model, model.fc2)
 
     def run(seed: int) -> Tensor:
+        # drawn as Captum draws: numpy's global generator and torch's
+        np.random.seed(seed)
         torch.manual_seed(seed)
         return lgs.attribute(x, bases, n_samples=6, stdevs=0.3, target=1)
 
@@ -641,6 +645,10 @@ def test_layer_gradient_shap_reproducible_with_seed(xb) -> None:
     assert first.shape == (5, 6)
     torch.testing.assert_close(first, again, rtol=0, atol=0)
     assert not torch.allclose(first, other)
+    # or every random number from one generator
+    mine = [lgs.attribute(x, bases, n_samples=6, stdevs=0.3, target=1, generator=s) for s in (5, 5)]
+    torch.testing.assert_close(mine[0], mine[1], rtol=0, atol=0)
+    assert not torch.allclose(mine[0], first)
 
 
 def test_layer_gradient_shap_delta_is_per_draw_gap(xb) -> None:
@@ -730,7 +738,7 @@ def test_layer_lrp_conservation_on_bias_free_relu_net() -> None:
     assert isinstance(rel, list) and len(rel) == 5
     for layer, r, d in zip(layers, rel, deltas):
         torch.testing.assert_close(row_sum(r), out, rtol=1e-7, atol=1e-10)
-        torch.testing.assert_close(d, row_sum(r) - out, rtol=0, atol=1e-12)
+        torch.testing.assert_close(d, out - row_sum(r), rtol=0, atol=1e-12)
         alone = LayerLRP(model, layer).attribute(x, 1)
         torch.testing.assert_close(alone, r, rtol=0, atol=1e-13)
     # at the last layer the relevance is the output itself, split by class
@@ -755,8 +763,9 @@ def test_layer_methods_on_device(device: str) -> None:
     target = torch.tensor([0, 1, 2, 2, 1], device=device)
     want_gap = gap(model, x, b, target)
     attrs, delta = LayerIntegratedGradients(model, [model.fc1, model.act2]).attribute(
-        x, b, target, n_steps=40, internal_batch_size=64, return_convergence_delta=True
-    )
+        x, b, target, n_steps=40, internal_batch_size=64, return_convergence_delta=True,
+        layers_jointly=False,
+    )  # fmt: skip
     for a, d in zip(attrs, delta):
         assert a.device == x.device and d.device == x.device
         torch.testing.assert_close(row_sum(a), want_gap, rtol=0, atol=1e-10)

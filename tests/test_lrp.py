@@ -40,7 +40,7 @@ def assert_conserved(model, x, rel, delta, target, *args) -> None:
     y = output(model, x, target, *args)
     total = row_sums(rel)
     torch.testing.assert_close(total, y, atol=ATOL, rtol=RTOL)
-    torch.testing.assert_close(delta, total - y, atol=1e-12, rtol=0)
+    torch.testing.assert_close(delta, y - total, atol=1e-12, rtol=0)  # Captum's sign
 
 
 def relu_mlp() -> nn.Module:
@@ -108,7 +108,7 @@ def test_epsilon_closed_form_with_bias_and_large_epsilon() -> None:
     y = output(model, x, None)
     expected = x * w * (y / (y + eps * torch.where(y >= 0, 1.0, -1.0)))[:, None]
     torch.testing.assert_close(rel, expected, atol=1e-12, rtol=0)
-    torch.testing.assert_close(delta, rel.sum(1) - y, atol=1e-12, rtol=0)
+    torch.testing.assert_close(delta, y - rel.sum(1), atol=1e-12, rtol=0)
     assert float(delta.abs().min()) > 1e-3  # not conserved, and the delta says so
 
 
@@ -150,9 +150,9 @@ def test_gamma_rule_bias_handling() -> None:
     rel = LRP(model, rules={nn.Linear: GammaRule(gamma, set_bias_to_zero=True)}).attribute(x)
     torch.testing.assert_close(rel, x * v * (y / (x @ v[0]))[:, None], atol=ATOL, rtol=RTOL)
     torch.testing.assert_close(rel.sum(1), y, atol=ATOL, rtol=RTOL)
-    # otherwise the bias is a neuron with activation 1 (Montavon et al. 2019): b + γ b⁺
+    # otherwise the bias enters the modified pre-activation unchanged, as in Captum
     rel = LRP(model, rules={nn.Linear: GammaRule(gamma)}).attribute(x)
-    z = x @ v[0] + b + gamma * b.clamp(min=0)
+    z = x @ v[0] + b
     torch.testing.assert_close(rel, x * v * (y / z)[:, None], atol=ATOL, rtol=RTOL)
 
 
@@ -342,9 +342,9 @@ def test_bias_breaks_conservation_and_delta_measures_it(dtype: torch.dtype, devi
     assert rel.dtype == dtype and rel.device.type == device and delta.shape == (4,)
     y = output(model, x, 0)
     atol = 1e-5 if dtype == torch.float32 else 1e-12
-    torch.testing.assert_close(delta, rel.sum(1) - y, atol=atol, rtol=0)
+    torch.testing.assert_close(delta, y - rel.sum(1), atol=atol, rtol=0)
     torch.testing.assert_close(
-        LRP(model).compute_convergence_delta(rel, y), rel.sum(1) - y, atol=atol, rtol=0
+        LRP(model).compute_convergence_delta(rel, y), y - rel.sum(1), atol=atol, rtol=0
     )
 
 

@@ -4,6 +4,7 @@ wrapper models), for every neuron_selector form."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import Tensor, nn
@@ -250,10 +251,21 @@ def test_neuron_methods_on_device(device: str) -> None:
     torch.testing.assert_close(everything, ig_out, rtol=0, atol=1e-13)
 
 
-def test_neuron_conductance_refuses_callable(net: Net, xb) -> None:
+def test_neuron_conductance_accepts_callable(net: Net, xb) -> None:
+    # as Captum (which warns): a callable picking one neuron is that neuron; one summing neurons
+    # gives the sum of their conductances, like the slice selector
     x, b = xb
-    with pytest.raises(TypeError, match="int or a tuple"):
-        NeuronConductance(net, net.fc2).attribute(x, lambda a: a[:, 0], b, 0)
+    nc = NeuronConductance(net, net.fc2)
+    with pytest.warns(UserWarning, match="callable"):
+        one = nc.attribute(x, lambda a: a[:, 3], b, 0, n_steps=6)
+    torch.testing.assert_close(one, nc.attribute(x, 3, b, 0, n_steps=6), rtol=0, atol=1e-14)
+    with pytest.warns(UserWarning, match="callable"):
+        two = nc.attribute(x, lambda a: a[:, 1:3].sum(1), b, 0, n_steps=6)
+    parts = nc.attribute(x, 1, b, 0, n_steps=6) + nc.attribute(x, 2, b, 0, n_steps=6)
+    torch.testing.assert_close(two, parts, rtol=0, atol=1e-13)
+    torch.testing.assert_close(
+        nc.attribute(x, (slice(1, 3),), b, 0, n_steps=6), parts, rtol=0, atol=1e-13
+    )
 
 
 # --- DeepLift -----------------------------------------------------------------------------------
@@ -346,6 +358,8 @@ def test_neuron_gradient_shap_seeded(net: Net, xb) -> None:
     ngs = NeuronGradientShap(net, net.fc2)
 
     def run(seed: int) -> Tensor:
+        # GradientShap draws as Captum does: baselines and α from numpy, noise from torch
+        np.random.seed(seed)
         torch.manual_seed(seed)
         return ngs.attribute(x, (slice(0, 3),), bases, n_samples=5, stdevs=0.2)
 

@@ -422,7 +422,8 @@ def test_configuring_twice_raises_and_removal_restores() -> None:
     model = bert()
     original = model.bert.embeddings.word_embeddings
     ie = configure(model, "bert.embeddings.word_embeddings")
-    with pytest.raises(RuntimeError, match="already"):
+    # Captum asserts: an AssertionError (ours is also a ValueError), nothing changed
+    with pytest.raises(AssertionError, match="already"):
         configure_interpretable_embedding_layer(model, "bert.embeddings.word_embeddings")
     assert model.bert.embeddings.word_embeddings is ie  # the failed call changed nothing
     remove_interpretable_embedding_layer(model, ie)
@@ -431,6 +432,32 @@ def test_configuring_twice_raises_and_removal_restores() -> None:
     with pytest.raises(ValueError, match="not the one installed"):
         remove_interpretable_embedding_layer(model, ie)
     assert model.bert.embeddings.word_embeddings is original
+
+
+def test_configuring_twice_raises_as_captum() -> None:
+    captum_models = pytest.importorskip("captum.attr")
+
+    class Tiny(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embedding = nn.Embedding(5, 3)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.embedding(x).sum(-1)
+
+    for lib in (captum_models, llmattr_module()):
+        model = Tiny()
+        with pytest.warns(UserWarning):
+            first = lib.configure_interpretable_embedding_layer(model, "embedding")
+        with pytest.raises(AssertionError):
+            lib.configure_interpretable_embedding_layer(model, "embedding")
+        assert model.embedding is first
+
+
+def llmattr_module() -> Any:
+    import llmattr
+
+    return llmattr
 
 
 @pytest.mark.parametrize(
@@ -572,8 +599,11 @@ def test_minilm_layer_by_token_map(minilm: tuple[Any, nn.Module]) -> None:
     assert gap.abs().item() > 0.05
 
     layers = list(model.encoder.layer)
+    # each layer on its own path (llmattr's layers_jointly=False; Captum's default interpolates
+    # all layers together), so that every row of the map is complete on its own
     attrs, deltas = LayerIntegratedGradients(f, layers).attribute(
-        ids, base, additional_forward_args=(mask, tt), n_steps=32, return_convergence_delta=True
+        ids, base, additional_forward_args=(mask, tt), n_steps=32, return_convergence_delta=True,
+        layers_jointly=False,
     )
     assert isinstance(attrs, list) and len(attrs) == 6
     assert isinstance(deltas, list) and len(deltas) == 6

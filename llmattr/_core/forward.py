@@ -11,7 +11,24 @@ from torch import Tensor
 from .batching import ChunkSize, run_in_chunks
 from .targets import Target
 
-__all__ = ["accumulate_gradients", "add_rows", "gradients", "run_forward"]
+__all__ = ["accumulate_gradients", "add_rows", "grad_options", "gradients", "run_forward"]
+
+
+def grad_options(grad_kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    """Keyword arguments for ``torch.autograd.grad`` from a user's ``grad_kwargs`` (Captum's
+    argument, e.g. ``{"materialize_grads": True}`` or ``{"create_graph": True}``).
+
+    ``allow_unused`` defaults to True (an input the output does not depend on gets a zero
+    gradient); pass ``{"allow_unused": False}`` to make autograd raise instead, as torch does.
+    """
+    if grad_kwargs is not None and not isinstance(grad_kwargs, dict):
+        raise TypeError(
+            f"grad_kwargs must be a dict of torch.autograd.grad arguments, got "
+            f"{type(grad_kwargs).__name__}."
+        )
+    options = dict(grad_kwargs or {})
+    options.setdefault("allow_unused", True)
+    return options
 
 
 def run_forward(
@@ -30,11 +47,13 @@ def gradients(
     inputs: tuple[Tensor, ...],
     target: Target,
     args: tuple[Any, ...] = (),
+    grad_kwargs: dict[str, Any] | None = None,
 ) -> tuple[tuple[Tensor, ...], Tensor]:
     """Gradients of each example's selected output with respect to each input.
 
     The inputs are detached copies that share storage, so the caller's tensors (and their
     ``requires_grad``) are untouched and model parameters accumulate no ``.grad``.
+    ``grad_kwargs`` go to ``torch.autograd.grad`` (see :func:`grad_options`).
 
     Returns:
         ``(grads, outputs)``: one gradient per input (its shape; zeros for an input the output
@@ -49,7 +68,7 @@ def gradients(
                 "operations (it has no gradient). Check that the forward function uses its inputs "
                 "and does not run under torch.no_grad()."
             )
-        grads = torch.autograd.grad(out.sum(), leaves, allow_unused=True)
+        grads = torch.autograd.grad(out.sum(), leaves, **grad_options(grad_kwargs))
     return (
         tuple(torch.zeros_like(x) if g is None else g for g, x in zip(grads, leaves)),
         out.detach(),
@@ -89,6 +108,7 @@ def accumulate_gradients(
     name: str = "internal_batch_size",
     grad_fn: Callable[[tuple[Tensor, ...], Target, tuple[Any, ...]], tuple[Tensor, ...]]
     | None = None,
+    grad_kwargs: dict[str, Any] | None = None,
 ) -> tuple[Tensor, ...]:
     """Sum per-row gradient contributions into per-example totals, evaluating rows in chunks.
 
@@ -106,6 +126,7 @@ def accumulate_gradients(
         chunk_size: rows per evaluation (see :func:`~llmattr._core.batching.run_in_chunks`).
         grad_fn: ``grad_fn(points, target, args)`` returning the gradients to weigh, when they
             are not the gradients with respect to the points (e.g. at a layer).
+        grad_kwargs: passed to ``torch.autograd.grad`` when ``grad_fn`` is None.
 
     Returns:
         Per gradient tensor, the ``(batch, ...)`` per-example sums of the contributions.
@@ -118,7 +139,7 @@ def accumulate_gradients(
         pts = points(start, end)
         if grad_fn is not None:
             return contribution(start, end, grad_fn(pts, target, args))
-        grads, _ = gradients(forward_func, pts, target, args)
+        grads, _ = gradients(forward_func, pts, target, args, grad_kwargs)
         return contribution(start, end, grads)
 
     def fold(start: int, end: int) -> None:

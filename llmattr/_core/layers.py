@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .forward import grad_options
 from .hooks import registered
 from .targets import Target
 
@@ -145,7 +146,11 @@ class LayerCut:
         regs: list[Callable[[], Any]] = []
         for i, layer in enumerate(self.layers):
             if self.to_input:
-                regs.append(partial(layer.register_forward_pre_hook, partial(hook, i)))
+                # first among the layer's pre-hooks: a backward rule's pre-hook (e.g. DeepLift's
+                # stash of an in-place ReLU's input) then sees the tensor that we substitute
+                regs.append(
+                    partial(layer.register_forward_pre_hook, partial(hook, i), prepend=True)
+                )
             else:
                 regs.append(partial(layer.register_forward_hook, partial(hook, i)))
         return regs
@@ -167,7 +172,11 @@ class LayerCut:
         found: dict[int, tuple[Tensor, ...]] = {}
 
         def record(index: int, value: Any) -> None:
-            found[index] = tuple(_tensors_of(value))
+            tensors = _tensors_of(value)
+            if self.to_input and not (stop_early and len(found) + 1 == len(self.layers)):
+                # the layer (e.g. ReLU(inplace=True)) may overwrite its input once it runs
+                tensors = [t.clone() for t in tensors]
+            found[index] = tuple(tensors)
             if stop_early and len(found) == len(self.layers):
                 raise _StopForward
 
@@ -240,11 +249,16 @@ class LayerCut:
                 )
 
     def gradients(
-        self, inputs: tuple[Any, ...], target: Target, args: tuple[Any, ...] = ()
+        self,
+        inputs: tuple[Any, ...],
+        target: Target,
+        args: tuple[Any, ...] = (),
+        grad_kwargs: dict[str, Any] | None = None,
     ) -> tuple[list[tuple[Tensor, ...]], list[tuple[Tensor, ...]], Tensor]:
         """Gradients of the selected output with respect to each layer's activation.
 
-        Nothing upstream of the first layer to run is differentiated.
+        Nothing upstream of the first layer to run is differentiated. ``grad_kwargs`` go to
+        ``torch.autograd.grad`` (see :func:`~llmattr._core.forward.grad_options`).
 
         Returns:
             ``(grads, activations, outputs)``: per layer the gradients and activations (tuples
@@ -265,7 +279,10 @@ class LayerCut:
                 return _with_tensors(value, [leaf.clone() for leaf in leaves[index]])
             # a later layer keeps its graph, so an earlier layer's gradient still flows through
             # it: activation + a zero leaf, whose gradient is the activation's
-            acts[index] = tuple(t.detach() for t in tensors)
+            # (a copy: the layer may overwrite its input in place)
+            acts[index] = tuple(
+                t.detach().clone() if self.to_input else t.detach() for t in tensors
+            )
             leaves[index] = tuple(torch.zeros_like(t, requires_grad=True) for t in tensors)
             return _with_tensors(value, [t + z for t, z in zip(tensors, leaves[index])])
 
@@ -276,7 +293,7 @@ class LayerCut:
             batch = next(t for t in inputs if isinstance(t, Tensor)).shape[0]
             selected = target.select(output, batch)
             flat = [t for i in range(len(self.layers)) for t in leaves[i]]
-            grads = torch.autograd.grad(selected.sum(), flat, allow_unused=True)
+            grads = torch.autograd.grad(selected.sum(), flat, **grad_options(grad_kwargs))
         it = iter(torch.zeros_like(t) if g is None else g for g, t in zip(grads, flat))
         per_layer = [tuple(next(it) for _ in leaves[i]) for i in range(len(self.layers))]
         return per_layer, [acts[i] for i in range(len(self.layers))], selected.detach()
@@ -324,76 +341,5 @@ class LayerCut:
         return g
 
 
-def neuron_index(selector: int | tuple[int | slice, ...]) -> tuple[Any, ...]:
-    """The indices after the batch dimension that an int or tuple selector names."""
-    if isinstance(selector, bool) or not isinstance(selector, int | tuple | list):
-        raise TypeError(
-            "neuron_selector must be an int, a tuple of ints/slices or a callable, got "
-            f"{selector!r}."
-        )
-    return (selector,) if isinstance(selector, int) else tuple(selector)
-
-
-def select_neuron(activation: tuple[Tensor, ...], selector: NeuronSelector) -> Tensor:
-    """One value per example from a layer's activation.
-
-    Args:
-        activation: the layer's activation tensors (the first is indexed).
-        selector: an int or tuple indexing ``activation[0][i, ...]`` (slices select several
-            neurons, whose values are summed), or a callable receiving the activation (a tensor,
-            or a tuple when the layer returns several) and returning ``(batch,)``.
-
-    Returns:
-        ``(batch,)``.
-    """
-    if callable(selector):
-        value = selector(activation[0] if len(activation) == 1 else activation)
-        if (
-            not isinstance(value, Tensor)
-            or value.dim() != 1
-            or value.shape[0] != activation[0].shape[0]
-        ):
-            raise ValueError(
-                "A callable neuron_selector must return one value per example, shape "
-                f"({activation[0].shape[0]},)."
-            )
-        return value
-    act = activation[0]
-    index = neuron_index(selector)
-    if len(index) != act.dim() - 1:
-        raise ValueError(
-            f"neuron_selector {selector!r} has {len(index)} index(es) but the layer's activation "
-            f"has shape {tuple(act.shape)}: give one index per dimension after the batch "
-            f"({act.dim() - 1})."
-        )
-    for i, (ix, size) in enumerate(zip(index, act.shape[1:])):
-        if isinstance(ix, bool) or not isinstance(ix, int | slice):
-            raise TypeError(f"neuron_selector entries must be ints or slices, got {ix!r}.")
-        if isinstance(ix, int) and not -size <= ix < size:
-            raise IndexError(
-                f"neuron_selector index {ix} at dimension {i + 1} is out of range for the "
-                f"activation of shape {tuple(act.shape)}."
-            )
-    picked = act[tuple([slice(None), *index])]
-    return picked.reshape(act.shape[0], -1).sum(1)
-
-
-def neuron_function(
-    forward_func: Callable[..., Any],
-    layer: nn.Module,
-    selector: NeuronSelector,
-    to_input: bool = False,
-    floating: bool = False,
-) -> Callable[..., Tensor]:
-    """``h(*inputs, *args)``: the selected neuron's value per example, ``(batch,)``; the forward
-    stops as soon as the layer has run. With ``floating`` (gradient methods), an integer
-    activation is refused with a TypeError."""
-    cut = LayerCut(forward_func, [layer], to_input)
-
-    def h(*args: Any) -> Tensor:
-        (activation,), _ = cut.activations(args, grad=torch.is_grad_enabled())
-        if floating:
-            cut.check_floating(0, activation)
-        return select_neuron(activation, selector)
-
-    return h
+# The neuron selectors live in their own module; imported here for the existing import paths.
+from .neurons import neuron_function, neuron_index, select_neuron  # noqa: E402

@@ -18,12 +18,12 @@ from .._core.call import Call
 from .._core.inputs import TensorOrTuple
 from .._core.targets import TargetType
 from .backprop import GuidedBackprop
-from .layer import LayerResult, _form, _Layer
+from .layer_base import LayerResult, _FixedLayer, _form
 
 __all__ = ["GuidedGradCam", "LayerGradCam"]
 
 
-class LayerGradCam(_Layer):
+class LayerGradCam(_FixedLayer):
     """Grad-CAM (Selvaraju et al., 2017): the layer's activation weighted by its gradient
     averaged over the spatial dimensions, summed over channels.
 
@@ -33,6 +33,10 @@ class LayerGradCam(_Layer):
         device_ids: see :class:`~llmattr.LayerAttribution`.
     """
 
+    _layer_lists = False
+
+    _multiplies = False  # as in Captum
+
     def attribute(
         self,
         inputs: TensorOrTuple,
@@ -41,6 +45,7 @@ class LayerGradCam(_Layer):
         attribute_to_layer_input: bool = False,
         relu_attributions: bool = False,
         attr_dim_summation: bool = True,
+        grad_kwargs: dict[str, Any] | None = None,
     ) -> LayerResult:
         """Grad-CAM maps of shape ``(batch, 1, *spatial)`` (``(batch, channels, *spatial)``
         without ``attr_dim_summation``).
@@ -52,10 +57,11 @@ class LayerGradCam(_Layer):
             attribute_to_layer_input: use the layer's inputs.
             relu_attributions: keep only positive evidence.
             attr_dim_summation: sum over channels (dimension 1).
+            grad_kwargs: keyword arguments for ``torch.autograd.grad``.
         """
         call = Call.of(inputs, target, additional_forward_args)
         (cut,) = self._cuts(attribute_to_layer_input)
-        (grads,), (acts,), _ = cut.gradients(call.inputs, call.target, call.args)
+        (grads,), (acts,), _ = cut.gradients(call.inputs, call.target, call.args, grad_kwargs)
         maps = []
         for g, a in zip(grads, acts):
             weights = g.mean(dim=tuple(range(2, g.dim())), keepdim=True) if g.dim() > 2 else g
@@ -66,7 +72,7 @@ class LayerGradCam(_Layer):
         return _form([tuple(maps)], False)
 
 
-class GuidedGradCam(_Layer):
+class GuidedGradCam(_FixedLayer):
     """Guided Grad-CAM: guided backpropagation times the layer's Grad-CAM map upsampled to the
     input's spatial size.
 
@@ -75,6 +81,10 @@ class GuidedGradCam(_Layer):
         layer: the module whose Grad-CAM is used (usually the last convolution).
         device_ids: see :class:`~llmattr.LayerAttribution`.
     """
+
+    _layer_lists = False
+
+    _multiplies = False  # as in Captum
 
     def __init__(
         self, model: nn.Module, layer: nn.Module, device_ids: list[int] | None = None

@@ -12,6 +12,7 @@ from torch import Tensor
 from .._core.base import GradientAttribution
 from .._core.batching import ChunkSize
 from .._core.call import Call
+from .._core.errors import InputError
 from .._core.forward import accumulate_gradients
 from .._core.inputs import BaselineType, TensorOrTuple, format_baselines
 from .._core.targets import TargetType
@@ -26,11 +27,20 @@ Method = Literal[
 def step_rule(method: str, n_steps: int) -> tuple[Tensor, Tensor]:
     """Quadrature nodes and weights on ``[0, 1]`` for the path integral.
 
+    ``riemann_trapezoid`` puts ``n_steps`` nodes at ``i / (n_steps - 1)`` with the composite
+    trapezoid weights (half weight at both ends), which sum to 1. Captum's weights for it sum to
+    ``(n_steps - 1) / n_steps``, so its attributions fall short of ``f(x) - f(baselines)`` by
+    that factor even on a linear model; llmattr's do not.
+
     Returns:
         ``(alphas, weights)``, both float64 of shape ``(n_steps,)``; ``sum(weights) == 1``.
+
+    Raises:
+        InputError: for an unknown method or an ``n_steps`` that is not a positive int (at least
+            2 for ``riemann_trapezoid``), as Captum's assertions do.
     """
     if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
-        raise ValueError(f"n_steps must be a positive int, got {n_steps!r}.")
+        raise InputError(f"n_steps must be a positive int, got {n_steps!r}.")
     alphas, weights = _cached_step_rule(method, n_steps)
     return alphas.clone(), weights.clone()
 
@@ -44,13 +54,16 @@ def _cached_step_rule(method: str, n_steps: int) -> tuple[Tensor, Tensor]:
         return torch.from_numpy((nodes + 1) / 2), torch.from_numpy(gl_weights / 2)
     if method == "riemann_trapezoid":
         if n < 2:
-            raise ValueError("riemann_trapezoid needs n_steps >= 2 (both ends of the path).")
+            raise InputError(
+                "riemann_trapezoid needs n_steps >= 2 (both ends of the path); pass a larger "
+                "n_steps or another method."
+            )
         w = torch.full((n,), 1.0 / (n - 1), dtype=torch.float64)
         w[0] = w[-1] = 0.5 / (n - 1)
         return i / (n - 1), w
     offsets = {"riemann_left": 0.0, "riemann_right": 1.0, "riemann_middle": 0.5}
     if method not in offsets:
-        raise ValueError(
+        raise InputError(
             f"Unknown integration method {method!r}; choose one of riemann_left, riemann_right, "
             "riemann_middle, riemann_trapezoid, gausslegendre."
         )
@@ -171,6 +184,32 @@ class IntegratedGradients(GradientAttribution):
         """
         call = Call.of(inputs, target, additional_forward_args, gradient_method=self.get_name())
         bases = format_baselines(baselines, call.inputs)
+        attrs, delta = self._integrate(
+            call.inputs, bases, call.target, call.args, n_steps, method, internal_batch_size,
+            return_convergence_delta,
+        )  # fmt: skip
+        result = call.result(attrs)
+        return result if delta is None else (result, delta)
+
+    def _integrate(
+        self,
+        inputs: tuple[Tensor, ...],
+        bases: tuple[Tensor, ...],
+        target: Any,
+        args: tuple[Any, ...],
+        n_steps: int,
+        method: str,
+        internal_batch_size: ChunkSize,
+        return_convergence_delta: bool,
+        grad_kwargs: dict[str, Any] | None = None,
+    ) -> tuple[tuple[Tensor, ...], Tensor | None]:
+        """IG of formatted inputs and baselines (the layer methods call this directly, with
+        Captum's ``grad_kwargs`` for ``torch.autograd.grad``).
+
+        Returns:
+            ``(attributions, delta or None)``: one tensor per input, and ``(batch,)``.
+        """
+        call = Call.of(inputs, target, args, gradient_method=self.get_name())
         alphas, weights = step_rule(method, n_steps)
         path = StraightPath(call.batch, call.inputs, bases, alphas)
 
@@ -179,16 +218,17 @@ class IntegratedGradients(GradientAttribution):
 
         integrated = accumulate_gradients(
             self.forward_func, call, path.row_examples, path.points, contribution,
-            internal_batch_size,
+            internal_batch_size, grad_kwargs=grad_kwargs,
         )  # fmt: skip
         attrs = (
             tuple(g * d for g, d in zip(integrated, path.diffs))
             if self._multiply_by_inputs
             else integrated
         )
-        result = call.result(attrs)
         if not return_convergence_delta:
-            return result
+            return attrs, None
+        # the delta is the completeness gap of the global attributions, also when the local
+        # ones (multiply_by_inputs=False) are returned
         delta_attrs = (
             attrs
             if self._multiply_by_inputs
@@ -197,4 +237,4 @@ class IntegratedGradients(GradientAttribution):
         delta = self.compute_convergence_delta(
             delta_attrs, bases, call.inputs, call.target, call.args, internal_batch_size
         )
-        return result, delta
+        return attrs, delta

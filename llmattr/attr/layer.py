@@ -7,9 +7,14 @@ FeatureAblation of the activation, and so on. The methods whose path stays in in
 (conductance, internal influence, GradientShap, DeepLift) are in :mod:`.layer_path`; Grad-CAM
 and Guided Grad-CAM are in :mod:`.gradcam`.
 
-``layer`` may be one module or, for the layer-space methods, a list of modules: every layer is
-then attributed independently and the results come back as a list. A layer whose activation is
-a tuple gives a tuple of attributions.
+``layer`` may be one module or, for LayerActivation, LayerGradientXActivation,
+LayerIntegratedGradients and LayerLRP, a list of modules: the results come back as a list, one
+entry per layer. LayerIntegratedGradients moves all listed layers along one joint path, as
+Captum does (``layers_jointly=False`` attributes each layer on its own path instead). A layer
+whose activation is a tuple gives a tuple of attributions.
+
+The gradient methods take Captum's ``grad_kwargs`` (keyword arguments of
+``torch.autograd.grad``, e.g. ``{"materialize_grads": True}``) where Captum 0.9 does.
 
 ``device_ids`` is accepted for Captum compatibility. A ``torch.nn.DataParallel`` model on CPU or
 on one device just calls its module and works unchanged; replicas on several devices (the hooks
@@ -20,13 +25,12 @@ through ``model.module`` instead.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .._core.base import LayerAttribution
 from .._core.batching import ChunkSize
 from .._core.call import Call
 from .._core.inputs import (
@@ -35,10 +39,11 @@ from .._core.inputs import (
     format_baselines,
     per_example_sum,
 )
-from .._core.layers import LayerCut, check_device_ids
+from .._core.layers import LayerCut
 from .._core.targets import TargetType
 from .ablation import FeatureAblation, FeaturePermutation
-from .integrated_gradients import IntegratedGradients
+from .integrated_gradients import IntegratedGradients, step_rule
+from .layer_base import LayerResult, _FixedLayer, _form, _Layer
 from .lrp import LRP
 
 __all__ = [
@@ -50,45 +55,8 @@ __all__ = [
     "LayerLRP",
 ]
 
-LayerResult = Tensor | tuple[Tensor, ...] | list[Any]
 
-
-def _form(per_layer: Sequence[tuple[Tensor, ...]], many: bool) -> LayerResult:
-    """One tensor per layer activation tensor: a tensor, a tuple, or a list over layers."""
-    shaped = [a[0] if len(a) == 1 else tuple(a) for a in per_layer]
-    return shaped if many else shaped[0]
-
-
-class _Layer(LayerAttribution):
-    """Shared constructor and cut handling of the layer methods."""
-
-    def __init__(
-        self,
-        forward_func: Callable[..., Any],
-        layer: nn.Module | list[nn.Module],
-        device_ids: list[int] | None = None,
-        multiply_by_inputs: bool = True,
-    ) -> None:
-        super().__init__(forward_func, layer, device_ids)  # type: ignore[arg-type]
-        self._multiply_by_inputs = multiply_by_inputs
-        LayerCut(forward_func, self._layers())  # validates before any work
-        check_device_ids(forward_func, self._layers(), device_ids)
-
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        return self._multiply_by_inputs
-
-    def _layers(self) -> list[nn.Module]:
-        return list(self.layer) if isinstance(self.layer, list | tuple) else [self.layer]
-
-    def _many(self) -> bool:
-        return isinstance(self.layer, list | tuple)
-
-    def _cuts(self, to_input: bool) -> list[LayerCut]:
-        return [LayerCut(self.forward_func, [m], to_input) for m in self._layers()]
-
-
-class LayerActivation(_Layer):
+class LayerActivation(_FixedLayer):
     """The activations of a layer (its output, or its input).
 
     Args:
@@ -124,7 +92,20 @@ class LayerGradientXActivation(_Layer):
         layer: a module, or a list of modules (all from one forward and backward).
         device_ids: see :class:`~llmattr.LayerAttribution`.
         multiply_by_inputs: multiply by the activation (default) or return the gradient.
+        memory_efficient: accepted for Captum compatibility; every layer's gradient already
+            comes from one forward and one backward pass.
     """
+
+    def __init__(
+        self,
+        forward_func: Callable[..., Any],
+        layer: nn.Module | list[nn.Module],
+        device_ids: list[int] | None = None,
+        multiply_by_inputs: bool = True,
+        memory_efficient: bool = False,
+    ) -> None:
+        super().__init__(forward_func, layer, device_ids, multiply_by_inputs)
+        self.memory_efficient = memory_efficient
 
     def attribute(
         self,
@@ -132,6 +113,7 @@ class LayerGradientXActivation(_Layer):
         target: TargetType = None,
         additional_forward_args: Any = None,
         attribute_to_layer_input: bool = False,
+        grad_kwargs: dict[str, Any] | None = None,
     ) -> LayerResult:
         """``activation * d target / d activation``, shaped like the layer's activation.
 
@@ -140,10 +122,11 @@ class LayerGradientXActivation(_Layer):
             target: which output to explain.
             additional_forward_args: extra forward arguments.
             attribute_to_layer_input: attribute to the layer's inputs.
+            grad_kwargs: keyword arguments for ``torch.autograd.grad``.
         """
         call = Call.of(inputs, target, additional_forward_args)
         cut = LayerCut(self.forward_func, self._layers(), attribute_to_layer_input)
-        grads, acts, _ = cut.gradients(call.inputs, call.target, call.args)
+        grads, acts, _ = cut.gradients(call.inputs, call.target, call.args, grad_kwargs)
         if self._multiply_by_inputs:
             grads = [tuple(g * a for g, a in zip(gs, as_)) for gs, as_ in zip(grads, acts)]
         return _form(grads, self._many())
@@ -160,14 +143,21 @@ class LayerIntegratedGradients(_Layer):
     only through the layer (e.g. a layer every path crosses, or the embedding of the only input
     whose baseline differs). Otherwise the baseline is applied *at the layer*: routes that bypass
     it (another input, a skip connection around it) still see ``x``, and completeness holds for
-    ``f(x) - g(a(baselines))``.
+    ``f(x) - g(a(baselines))``. (Captum's delta compares with ``f(x) - f(baselines)`` instead,
+    which such a route makes unreachable at any ``n_steps``.)
+
+    For a list of layers, as in Captum, all the layers' activations move together along one
+    path and are substituted in one forward: the attributions of all layers together are
+    complete (one delta). A layer downstream of another then cuts the earlier one off (its
+    attributions are zero where every route crosses the later layer). For a layer × token map,
+    where each layer's result must be complete on its own, pass ``layers_jointly=False``.
 
     On an embedding layer this attributes token-id inputs, which cannot be differentiated: sum
     the result over the embedding dimension for one score per token.
 
     Args:
         forward_func: the model or forward function.
-        layer: a module, or a list of modules (each attributed independently).
+        layer: a module, or a list of modules.
         device_ids: see :class:`~llmattr.LayerAttribution`.
         multiply_by_inputs: multiply by the activation difference (default) or not.
     """
@@ -186,6 +176,9 @@ class LayerIntegratedGradients(_Layer):
         internal_batch_size: ChunkSize = None,
         return_convergence_delta: bool = False,
         attribute_to_layer_input: bool = False,
+        grad_kwargs: dict[str, Any] | None = None,
+        *,
+        layers_jointly: bool = True,
     ) -> LayerResult | tuple[LayerResult, Tensor | list[Tensor]]:
         """Layer integrated gradients.
 
@@ -198,44 +191,60 @@ class LayerIntegratedGradients(_Layer):
             n_steps, method, internal_batch_size: as for
                 :class:`~llmattr.IntegratedGradients`.
             return_convergence_delta: also return the completeness gap per example,
-                ``sum(attributions) - (f(x) - g(a(baselines)))`` (a list, one per layer, for a
-                list of layers).
+                ``sum(attributions) - (f(x) - g(a(baselines)))``, summed over all layers.
             attribute_to_layer_input: attribute to the layer's inputs.
+            grad_kwargs: keyword arguments for ``torch.autograd.grad``.
+            layers_jointly: for a list of layers, interpolate them all along one path
+                (Captum's semantics, default). ``False`` (llmattr only) attributes each layer
+                independently, on its own path with the other layers left as the model computes
+                them: each layer's attributions are complete on their own, and the delta is a
+                list with one ``(batch,)`` tensor per layer.
 
         Returns:
-            Attributions shaped like the layer's activation (a list for a list of layers), and
-            the delta ``(batch,)`` when asked.
+            Attributions shaped like the layer's activation (a list over layers for a list of
+            layers; a tuple for a layer whose activation is a tuple), and with
+            ``return_convergence_delta`` the delta ``(batch,)``.
         """
         call = Call.of(inputs, target, additional_forward_args)
         bases = format_baselines(baselines, call.inputs)
-        results: list[Any] = []
+        step_rule(method, n_steps)  # validates before any forward
+        if self._many() and not layers_jointly:
+            groups = [[m] for m in self._layers()]
+        else:
+            groups = [self._layers()]
+        results: list[tuple[Tensor, ...]] = []
         deltas: list[Tensor] = []
-        for cut in self._cuts(attribute_to_layer_input):
-            (at_x,), _ = cut.activations(call.inputs, call.args)
-            cut.check_floating(0, at_x)
-            (at_b,), _ = cut.activations(bases, call.args)
-            ig = IntegratedGradients(cut.function([len(at_x)]), self._multiply_by_inputs)
-            out = ig.attribute(
-                at_x,
-                baselines=at_b,
-                target=call.target,
-                additional_forward_args=(*call.inputs, *call.args),
-                n_steps=n_steps,
-                method=method,  # type: ignore[arg-type]
-                internal_batch_size=internal_batch_size,
-                return_convergence_delta=return_convergence_delta,
+        for layers in groups:
+            cut = LayerCut(self.forward_func, layers, attribute_to_layer_input)
+            at_x, _ = cut.activations(call.inputs, call.args)
+            for i, acts in enumerate(at_x):
+                cut.check_floating(i, acts)
+            at_b, _ = cut.activations(bases, call.args)
+            sizes = [len(acts) for acts in at_x]
+            ig = IntegratedGradients(cut.function(sizes), self._multiply_by_inputs)
+            # the layers' activation tensors, flattened: one IG input each (one joint path)
+            flat, delta = ig._integrate(
+                tuple(t for acts in at_x for t in acts),
+                tuple(t for acts in at_b for t in acts),
+                call.target,
+                (*call.inputs, *call.args),
+                n_steps,
+                method,
+                internal_batch_size,
+                return_convergence_delta,
+                grad_kwargs,
             )
-            if return_convergence_delta:
-                out, delta = out  # type: ignore[misc]
+            if delta is not None:
                 deltas.append(delta)
-            results.append(out)
+            offsets = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+            results.extend(flat[offsets[i] : offsets[i + 1]] for i in range(len(sizes)))
         formed = _form(results, self._many())
         if not return_convergence_delta:
             return formed
-        return formed, deltas if self._many() else deltas[0]
+        return formed, deltas if self._many() and not layers_jointly else deltas[0]
 
 
-class LayerFeatureAblation(_Layer):
+class LayerFeatureAblation(_FixedLayer):
     """FeatureAblation of a layer's neurons: replace neuron groups (``layer_mask``) by
     ``layer_baselines`` and record the output's drop.
 
@@ -244,6 +253,8 @@ class LayerFeatureAblation(_Layer):
         layer: a module.
         device_ids: see :class:`~llmattr.LayerAttribution`.
     """
+
+    _layer_lists = False
 
     def attribute(
         self,
@@ -278,7 +289,7 @@ class LayerFeatureAblation(_Layer):
         return attrs
 
 
-class LayerFeaturePermutation(_Layer):
+class LayerFeaturePermutation(_FixedLayer):
     """FeaturePermutation of a layer's neurons across the batch.
 
     Args:
@@ -286,6 +297,8 @@ class LayerFeaturePermutation(_Layer):
         layer: a module.
         device_ids: see :class:`~llmattr.LayerAttribution`.
     """
+
+    _layer_lists = False
 
     def attribute(
         self,
@@ -333,8 +346,8 @@ class LayerLRP(_Layer):
         attribute_to_layer_input: bool = False,
         verbose: bool = False,
     ) -> LayerResult | tuple[LayerResult, Tensor | list[Tensor]]:
-        """Relevance at the layer; the delta is ``sum(relevance) - output`` per example (a list
-        over layers for a list of layers)."""
+        """Relevance at the layer; the delta is ``output - sum(relevance)`` per example, Captum's
+        sign (a list over layers for a list of layers)."""
         call = Call.of(inputs, target, additional_forward_args)
         cut = LayerCut(self.forward_func, self._layers(), attribute_to_layer_input)
         with self.lrp.rules_applied(verbose):
@@ -343,5 +356,5 @@ class LayerLRP(_Layer):
         result = _form(relevance, self._many())
         if not return_convergence_delta:
             return result
-        deltas = [per_example_sum(r).to(out.dtype) - out for r in relevance]
+        deltas = [out - per_example_sum(r).to(out.dtype) for r in relevance]
         return result, deltas if self._many() else deltas[0]

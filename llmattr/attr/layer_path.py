@@ -23,12 +23,12 @@ from .._core.inputs import (
     per_example_sum,
 )
 from .._core.layers import LayerCut
-from .._core.perturbation import check_positive_int
+from .._core.perturbation import check_positive_int, make_generator
 from .._core.targets import TargetType
 from .deeplift import _custom_attributions, deeplift_multipliers
 from .gradient_shap import Draws, expected_gradients, noise_stdevs
 from .integrated_gradients import StraightPath, step_rule
-from .layer import LayerResult, _form, _Layer
+from .layer_base import LayerResult, _FixedLayer, _form, _Layer
 
 __all__ = [
     "InternalInfluence",
@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 
-class InternalInfluence(_Layer):
+class InternalInfluence(_FixedLayer):
     """Internal influence (Leino et al., 2018): the gradient at the layer integrated along the
     straight path from the baselines to the inputs *in input space*.
 
@@ -48,6 +48,10 @@ class InternalInfluence(_Layer):
         layer: a module.
         device_ids: see :class:`~llmattr.LayerAttribution`.
     """
+
+    _layer_lists = False
+
+    _multiplies = False  # a gradient, as in Captum
 
     def attribute(
         self,
@@ -59,6 +63,7 @@ class InternalInfluence(_Layer):
         method: str = "gausslegendre",
         internal_batch_size: ChunkSize = None,
         attribute_to_layer_input: bool = False,
+        grad_kwargs: dict[str, Any] | None = None,
     ) -> LayerResult:
         """Integrated layer gradients, shaped like the layer's activation.
 
@@ -68,6 +73,7 @@ class InternalInfluence(_Layer):
             target, additional_forward_args, n_steps, method, internal_batch_size: as for
                 :class:`~llmattr.IntegratedGradients`.
             attribute_to_layer_input: attribute to the layer's inputs.
+            grad_kwargs: keyword arguments for ``torch.autograd.grad``.
         """
         call = Call.of(inputs, target, additional_forward_args, gradient_method=self.get_name())
         (cut,) = self._cuts(attribute_to_layer_input)
@@ -80,7 +86,7 @@ class InternalInfluence(_Layer):
 
         totals = accumulate_gradients(
             self.forward_func, call, path.row_examples, path.points, contribution,
-            internal_batch_size, grad_fn=_layer_grads(cut),
+            internal_batch_size, grad_fn=_layer_grads(cut, grad_kwargs),
         )  # fmt: skip
         return _form([totals], False)
 
@@ -92,29 +98,35 @@ def _panel(out: Tensor, g: Tensor, g_prev: Tensor, a: Tensor, a_prev: Tensor) ->
         torch.add(g, g_prev, out=out).mul_(a - a_prev)
 
 
-def _layer_grads(cut: LayerCut) -> Callable[..., tuple[Tensor, ...]]:
+def _layer_grads(
+    cut: LayerCut, grad_kwargs: dict[str, Any] | None
+) -> Callable[..., tuple[Tensor, ...]]:
     def grad_fn(
         points: tuple[Tensor, ...], target: Any, args: tuple[Any, ...]
     ) -> tuple[Tensor, ...]:
-        (grads,), _, _ = cut.gradients(points, target, args)
+        (grads,), _, _ = cut.gradients(points, target, args, grad_kwargs)
         return grads
 
     return grad_fn
 
 
-class LayerConductance(_Layer, GradientAttribution):
+class LayerConductance(_FixedLayer, GradientAttribution):
     """Conductance (Dhamdhere et al., 2018): each neuron's share of the integrated gradients.
 
     Along the straight input-space path the output's change is the sum over neurons of
     ``∫ ∂f/∂a_j · da_j``; conductance is neuron ``j``'s term, computed with the trapezoid rule on
     the path's partition (the method's nodes plus both ends). Summed over the layer it equals
     ``f(x) - f(baselines)`` when every path from the inputs to the output crosses the layer.
+    Captum sums the left-point products over ``n_steps + 1`` points that stop short of the
+    inputs, so at equal ``n_steps`` its values are further from the converged conductance.
 
     Args:
         forward_func: the model or forward function.
         layer: a module.
         device_ids: see :class:`~llmattr.LayerAttribution`.
     """
+
+    _layer_lists = False
 
     def has_convergence_delta(self) -> bool:
         return True
@@ -130,6 +142,7 @@ class LayerConductance(_Layer, GradientAttribution):
         internal_batch_size: ChunkSize = None,
         return_convergence_delta: bool = False,
         attribute_to_layer_input: bool = False,
+        grad_kwargs: dict[str, Any] | None = None,
     ) -> LayerResult | tuple[LayerResult, Tensor]:
         """Conductance of every neuron of the layer.
 
@@ -140,6 +153,7 @@ class LayerConductance(_Layer, GradientAttribution):
                 :class:`~llmattr.IntegratedGradients`.
             return_convergence_delta: also return ``sum(conductance) - (f(x) - f(b))``.
             attribute_to_layer_input: attribute to the layer's inputs.
+            grad_kwargs: keyword arguments for ``torch.autograd.grad``.
         """
         call = Call.of(inputs, target, additional_forward_args, gradient_method=self.get_name())
         (cut,) = self._cuts(attribute_to_layer_input)
@@ -156,7 +170,7 @@ class LayerConductance(_Layer, GradientAttribution):
         def grad_fn(
             points: tuple[Tensor, ...], tgt: Any, args: tuple[Any, ...]
         ) -> tuple[Tensor, ...]:
-            (grads,), (acts,), _ = cut.gradients(points, tgt, args)
+            (grads,), (acts,), _ = cut.gradients(points, tgt, args, grad_kwargs)
             if len(grads) != 1:
                 raise TypeError("LayerConductance needs a layer whose activation is one tensor.")
             return grads[0], acts[0]
@@ -206,6 +220,8 @@ class LayerGradientShap(_Layer):
         multiply_by_inputs: multiply by the activation change (default) or not.
     """
 
+    _layer_lists = False
+
     _baseline_distribution = True
 
     def has_convergence_delta(self) -> bool:
@@ -222,13 +238,23 @@ class LayerGradientShap(_Layer):
         return_convergence_delta: bool = False,
         attribute_to_layer_input: bool = False,
         internal_batch_size: ChunkSize = None,
+        generator: torch.Generator | int | None = None,
     ) -> LayerResult | tuple[LayerResult, Tensor]:
         """Layer GradientShap attributions (see :class:`~llmattr.GradientShap` for the
-        arguments); the delta has shape ``(batch * n_samples,)``."""
+        arguments, ``internal_batch_size`` and ``generator`` included); the delta has shape
+        ``(batch * n_samples,)``, example-major.
+
+        With ``generator=None`` the random numbers are drawn as Captum draws them (baseline rows
+        and ``α`` from numpy's global generator, noise from torch's), so seeding both gives
+        Captum's numbers."""
         call = Call.of(inputs, target, additional_forward_args, gradient_method=self.get_name())
         check_positive_int(n_samples, "n_samples")
         dist = format_baseline_distribution(baselines, call.inputs, inputs)
-        draws = Draws.sample(call, dist, n_samples, noise_stdevs(stdevs, len(call.inputs)))
+        gen = make_generator(generator)
+        draws = Draws.sample(
+            call, dist, n_samples, noise_stdevs(stdevs, len(call.inputs)), gen,
+            numpy_global=gen is None,
+        )  # fmt: skip
         (cut,) = self._cuts(attribute_to_layer_input)
         attrs, delta = expected_gradients(
             self.forward_func, call, draws, self._multiply_by_inputs, internal_batch_size,
@@ -248,6 +274,8 @@ class LayerDeepLift(_Layer):
         multiply_by_inputs: multiply by the activation difference (default) or not.
     """
 
+    _layer_lists = False
+
     def __init__(self, model: nn.Module, layer: nn.Module, multiply_by_inputs: bool = True) -> None:
         super().__init__(model, layer, None, multiply_by_inputs)
         self.model = model
@@ -264,12 +292,13 @@ class LayerDeepLift(_Layer):
         target: Any,
         args: tuple[Any, ...],
         to_input: bool,
+        grad_kwargs: dict[str, Any] | None = None,
     ) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...], tuple[Tensor, ...], Tensor, Tensor]:
         (cut,) = self._cuts(to_input)
         joint_acts: list[tuple[Tensor, ...]] = []
 
         def grad_fn(joint: tuple[Tensor, ...], tgt: Any, a: tuple[Any, ...]) -> Any:
-            (grads,), (acts,), out = cut.gradients(joint, tgt, a)
+            (grads,), (acts,), out = cut.gradients(joint, tgt, a, grad_kwargs)
             joint_acts.append(acts)
             return grads, out
 
@@ -290,14 +319,23 @@ class LayerDeepLift(_Layer):
         return_convergence_delta: bool = False,
         attribute_to_layer_input: bool = False,
         custom_attribution_func: Callable[..., Any] | None = None,
+        grad_kwargs: dict[str, Any] | None = None,
     ) -> LayerResult | tuple[LayerResult, Tensor]:
         """Layer DeepLift attributions (arguments as for :class:`~llmattr.DeepLift`), shaped
-        like the layer's activation; the delta has shape ``(batch,)``."""
+        like the layer's activation; ``grad_kwargs`` go to ``torch.autograd.grad``.
+
+        With ``attribute_to_layer_input=True`` the multipliers are taken at the layer's input,
+        so a nonlinear layer's own DeepLift rule applies and the attributions are complete
+        (Captum uses the layer's plain derivative there). The delta, shape ``(batch,)``, is
+        ``sum(returned attributions) - (f(x) - f(baselines))``, also with
+        ``multiply_by_inputs=False`` (then it is not a completeness gap: Captum's contract).
+        """
         call = Call.of(inputs, target, additional_forward_args, gradient_method=self.get_name())
         bases = format_baselines(baselines, call.inputs)
         mult, at_x, at_b, f_x, f_b = self._pairs(
-            call, call.inputs, bases, call.target, call.args, attribute_to_layer_input
-        )
+            call, call.inputs, bases, call.target, call.args, attribute_to_layer_input,
+            grad_kwargs,
+        )  # fmt: skip
         attrs = _deeplift_finish(
             mult, at_x, at_b, self._multiply_by_inputs, custom_attribution_func
         )

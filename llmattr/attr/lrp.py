@@ -11,8 +11,8 @@ Element-wise activations pass relevance unchanged (the identity rule); operation
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from contextlib import AbstractContextManager
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import torch
@@ -93,6 +93,9 @@ def _modified_call(
 class GammaRule(PropagationRule):
     """LRP-γ: positive weights are amplified, ``w + γ w⁺``, favouring positive contributions.
 
+    As in Captum, the bias enters the modified pre-activation unchanged
+    (``z = (W + γ W⁺) x + b``), or not at all with ``set_bias_to_zero``.
+
     Args:
         gamma: amplification of the positive weights.
         set_bias_to_zero: ignore the bias in the modified pre-activation.
@@ -104,7 +107,11 @@ class GammaRule(PropagationRule):
 
     def apply(self, module: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         z = _modified_call(
-            module, x, lambda w: w + self.gamma * w.clamp(min=0), self.set_bias_to_zero
+            module,
+            x,
+            lambda w: w + self.gamma * w.clamp(min=0),
+            self.set_bias_to_zero,
+            lambda b: b,
         )
         return _route_through(y, [(1.0, z)], 1e-9)
 
@@ -147,7 +154,11 @@ class AlphaBetaRule(PropagationRule):
 
 
 class Alpha1_Beta0_Rule(AlphaBetaRule):
-    """LRP-α1β0: only positive contributions are propagated.
+    """LRP-α1β0: only positive contributions ``(x_i w_ji)⁺`` are propagated.
+
+    Captum's rule clamps the weights only (``W⁺ x + b``), which is the same on non-negative inputs
+    without bias (after a ReLU, ``set_bias_to_zero=True``); on inputs of either sign it lets
+    negative contributions through, ours does not. With a bias, ours keeps its positive part.
 
     Args:
         set_bias_to_zero: ignore the bias in the modified pre-activation.
@@ -195,6 +206,14 @@ def default_rule(module: nn.Module) -> PropagationRule | None:
     if isinstance(module, RESCALE) and not isinstance(module, _SOFTMAX):
         return IdentityRule()
     return None
+
+
+@contextmanager
+def _both(
+    first: AbstractContextManager[None], second: AbstractContextManager[None]
+) -> Iterator[None]:
+    with first, second:
+        yield
 
 
 class LRP(GradientAttribution):
@@ -258,14 +277,17 @@ class LRP(GradientAttribution):
 
     def rules_applied(self, verbose: bool = False) -> AbstractContextManager[None]:
         """A ``with`` block inside which the model's backward follows the LRP rules."""
-        chosen: dict[nn.Module, Any] = {}
+        # a layer whose rule reads its input (all but the identity rule) must run once per
+        # forward, as in Captum (RuntimeError); element-wise activations may be reused
+        once: dict[nn.Module, Any] = {}
+        reusable: dict[nn.Module, Any] = {}
         for name, module in self.model.named_modules():
             rule = self.rule_for(name, module)
             if verbose:
                 print(f"{name or '<model>'} ({type(module).__name__}): {rule}")
             if rule is not None:
-                chosen[module] = rule.apply
-        return replace_outputs(chosen)
+                (reusable if isinstance(rule, IdentityRule) else once)[module] = rule.apply
+        return _both(replace_outputs(once, single_use="LRP"), replace_outputs(reusable))
 
     def attribute(
         self,
@@ -281,7 +303,8 @@ class LRP(GradientAttribution):
             inputs: a ``(batch, ...)`` float tensor or a tuple of them.
             target: which output to explain; its value is the relevance distributed.
             additional_forward_args: extra forward arguments.
-            return_convergence_delta: also return ``sum(relevance) - output`` per example.
+            return_convergence_delta: also return ``output - sum(relevance)`` per example
+                (Captum's sign).
             verbose: print the rule used for every layer.
 
         Returns:
@@ -300,7 +323,8 @@ class LRP(GradientAttribution):
     def compute_convergence_delta(  # type: ignore[override]
         self, attributions: TensorOrTuple, output: Tensor
     ) -> Tensor:
-        """``sum(attributions) - output`` per example; ``output`` has shape ``(batch,)``."""
+        """``output - sum(attributions)`` per example, as in Captum; ``output`` has shape
+        ``(batch,)`` (or any shape with one value per example)."""
         attrs, _ = format_inputs(attributions, "attributions")
         total = per_example_sum(attrs)
-        return total - output.reshape(total.shape).to(total.dtype)
+        return output.reshape(total.shape).to(total.dtype) - total

@@ -2,14 +2,15 @@
 
 Each is a primary algorithm applied to the function "inputs → the neuron's value"
 (:func:`~llmattr._core.layers.neuron_function`, whose forward stops once the layer has run).
-``neuron_selector`` picks the neuron: an int (2-D activations), a tuple with one int or slice per
-dimension after the batch (slices select several neurons, whose values are summed), or a callable
-from the layer's activation to one value per example. NeuronConductance, which also needs the
-model's output, has its own code.
+``neuron_selector`` picks the neuron as in Captum (see :mod:`llmattr._core.neurons`): an int, a
+tuple of ints/slices (padded with full slices when shorter than the activation's rank; several
+selected values are summed), or a callable from the layer's activation to one value per example.
+NeuronConductance, which also needs the model's output, has its own code.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -20,17 +21,10 @@ from torch import Tensor, nn
 from .._core.base import NeuronAttribution
 from .._core.batching import ChunkSize
 from .._core.call import Call
-from .._core.forward import accumulate_gradients, gradients
+from .._core.forward import accumulate_gradients, grad_options, gradients
 from .._core.inputs import BaselineType, TensorOrTuple, format_baselines
-from .._core.layers import (
-    LayerCut,
-    NeuronSelector,
-    check_device_ids,
-    check_layers,
-    neuron_function,
-    neuron_index,
-    select_neuron,
-)
+from .._core.layers import LayerCut, check_device_ids, check_layers
+from .._core.neurons import NeuronSelector, neuron_function, neuron_weights, select_neuron
 from .._core.targets import Target, TargetType
 from .ablation import FeatureAblation
 from .backprop import Deconvolution, GuidedBackprop
@@ -74,7 +68,22 @@ class _Neuron(NeuronAttribution):
         return neuron_function(self.forward_func, self.layer, selector, to_input, floating)  # type: ignore[arg-type]
 
 
-class NeuronGradient(_Neuron):
+class _FixedNeuron(_Neuron):
+    """A neuron method without Captum's ``multiply_by_inputs`` argument: the constructor takes
+    ``(forward_func, layer, device_ids)`` and ``multiplies_by_inputs`` is fixed, as in Captum."""
+
+    _multiplies = False
+
+    def __init__(
+        self,
+        forward_func: Callable[..., Any],
+        layer: nn.Module,
+        device_ids: list[int] | None = None,
+    ) -> None:
+        super().__init__(forward_func, layer, device_ids, type(self)._multiplies)
+
+
+class NeuronGradient(_FixedNeuron):
     """The gradient of one neuron's value with respect to the inputs.
 
     Args:
@@ -162,7 +171,7 @@ class NeuronGradientShap(_Neuron):
         )
 
 
-class NeuronFeatureAblation(_Neuron):
+class NeuronFeatureAblation(_FixedNeuron):
     """FeatureAblation of one neuron's value (see :class:`~llmattr.FeatureAblation`).
 
     Args:
@@ -170,6 +179,8 @@ class NeuronFeatureAblation(_Neuron):
         layer: the module holding the neuron.
         device_ids: see :class:`~llmattr.NeuronAttribution`.
     """
+
+    _multiplies = True  # a perturbation method: the difference already carries the input
 
     def attribute(
         self,
@@ -233,8 +244,24 @@ class NeuronDeepLiftShap(NeuronDeepLift):
     _primary = DeepLiftShap
     _baseline_distribution = True
 
+    def attribute(  # type: ignore[override]
+        self,
+        inputs: TensorOrTuple,
+        neuron_selector: NeuronSelector,
+        baselines: Any,
+        additional_forward_args: Any = None,
+        attribute_to_neuron_input: bool = False,
+        custom_attribution_func: Callable[..., Any] | None = None,
+    ) -> TensorOrTuple:
+        """Attributions shaped like ``inputs``; ``baselines`` is a distribution, as for
+        DeepLiftShap (required, as in Captum)."""
+        return super().attribute(
+            inputs, neuron_selector, baselines, additional_forward_args,
+            attribute_to_neuron_input, custom_attribution_func,
+        )  # fmt: skip
 
-class NeuronGuidedBackprop(_Neuron):
+
+class NeuronGuidedBackprop(_FixedNeuron):
     """Guided backpropagation of one neuron's value (see :class:`~llmattr.GuidedBackprop`).
 
     Args:
@@ -244,6 +271,11 @@ class NeuronGuidedBackprop(_Neuron):
     """
 
     _rules: type[GuidedBackprop] | type[Deconvolution] = GuidedBackprop
+
+    def __init__(
+        self, model: nn.Module, layer: nn.Module, device_ids: list[int] | None = None
+    ) -> None:
+        super().__init__(model, layer, device_ids)
 
     def attribute(
         self,
@@ -288,7 +320,7 @@ class NeuronConductance(_Neuron):
     def attribute(
         self,
         inputs: TensorOrTuple,
-        neuron_selector: int | tuple[int | slice, ...],
+        neuron_selector: NeuronSelector,
         baselines: BaselineType = None,
         target: TargetType = None,
         additional_forward_args: Any = None,
@@ -296,47 +328,60 @@ class NeuronConductance(_Neuron):
         method: str = "riemann_trapezoid",
         internal_batch_size: ChunkSize = None,
         attribute_to_neuron_input: bool = False,
+        grad_kwargs: dict[str, Any] | None = None,
     ) -> TensorOrTuple:
         """Conductance of the inputs through the neuron, shaped like ``inputs``.
 
         Args:
             inputs: a ``(batch, ...)`` float tensor or tuple of them.
-            neuron_selector: an int or a tuple of ints/slices (not a callable: the output's
-                gradient is taken at the selected neurons).
+            neuron_selector: an int, a tuple of ints/slices or a callable. Each activation
+                element's path gradient is weighted by how much it counts in the selected value
+                (one at the selected neurons; a callable's derivative), so several selected
+                neurons contribute the sum of their own conductances.
             baselines: input baselines.
             target: which model output to explain.
             additional_forward_args, n_steps, method, internal_batch_size: as for
-                IntegratedGradients.
+                IntegratedGradients. The default ``"riemann_trapezoid"`` is the trapezoid rule
+                on ``n_steps`` points, whose weights sum to 1 (Captum's sum to
+                ``(n_steps - 1) / n_steps``, so its conductances fall short by that factor).
             attribute_to_neuron_input: select the neuron among the layer's inputs.
+            grad_kwargs: keyword arguments for the ``torch.autograd.grad`` call that
+                differentiates the output with respect to the layer (as in Captum).
         """
+        grad_options(grad_kwargs)  # validated before any forward
         if callable(neuron_selector):
-            raise TypeError(
-                "NeuronConductance needs neuron_selector as an int or a tuple of ints/slices: "
-                "the output's gradient is taken at the selected neurons."
+            # as Captum: a callable that does more than pick neurons has no clear meaning here
+            warnings.warn(
+                "neuron_selector is a callable: NeuronConductance weights each activation element "
+                "by the callable's derivative, which is a conductance only when the callable "
+                "selects (or sums) neurons of the layer.",
+                stacklevel=2,
             )
         call = Call.of(inputs, target, additional_forward_args, gradient_method=self.get_name())
         bases = format_baselines(baselines, call.inputs)
         alphas, weights = step_rule(method, n_steps)
         path = StraightPath(call.batch, call.inputs, bases, alphas)
         cut = LayerCut(self.forward_func, [self.layer], attribute_to_neuron_input)  # type: ignore[list-item]
-        index = neuron_index(neuron_selector)
 
         def grad_fn(
             points: tuple[Tensor, ...], tgt: Target, args: tuple[Any, ...]
         ) -> tuple[Tensor, ...]:
             with torch.enable_grad():
+                # forward up to the layer; the selector is checked here, before any backward
                 leaves = tuple(p.detach().requires_grad_() for p in points)
-                (acts,), output = cut.activations(leaves, args, stop_early=False, grad=True)
+                (acts,), _ = cut.activations(leaves, args, grad=True)
                 cut.check_floating(0, acts)
-                act = acts[0]
-                select_neuron(acts, neuron_selector)  # validates the selector before any backward
-                selected = tgt.select(output, act.shape[0])
-                (d_out,) = torch.autograd.grad(selected.sum(), act, retain_graph=True)
-                keep = torch.zeros_like(act)
-                keep[tuple([slice(None), *index])] = 1
-                grads = torch.autograd.grad(
-                    (act * (d_out * keep).detach()).sum(), leaves, allow_unused=True
+                select_neuron(acts, neuron_selector)
+                # ∂F/∂y at the layer, then Σ_j ∂F/∂y_j · w_j · ∂y_j/∂x with w_j = ∂selected/∂y_j
+                # (one at the selected neurons): each selected neuron's conductance, summed
+                (d_out,), _, _ = cut.gradients(points, tgt, args, grad_kwargs)
+                counts = neuron_weights(
+                    tuple(a.detach().requires_grad_() for a in acts), neuron_selector
                 )
+                through = sum((a * (w * d)).sum() for a, w, d in zip(acts, counts, d_out))
+                if not isinstance(through, Tensor) or not through.requires_grad:
+                    return tuple(torch.zeros_like(x) for x in leaves)
+                grads = torch.autograd.grad(through, leaves, allow_unused=True)
             return tuple(torch.zeros_like(x) if g is None else g for g, x in zip(grads, leaves))
 
         def contribution(start: int, end: int, grads: tuple[Tensor, ...]) -> tuple[Tensor, ...]:

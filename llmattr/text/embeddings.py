@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._core.errors import InputError
+
 __all__ = [
     "InterpretableEmbedding",
     "InterpretableEmbeddingBase",
@@ -92,11 +94,16 @@ def configure_interpretable_embedding_layer(
 
     Returns:
         The interpretable embedding layer now in the model.
+
+    Raises:
+        InputError: (an ``AssertionError``, as Captum raises) the layer already is one.
     """
     parent, child, module = _resolve(model, embedding_layer_name)
     if isinstance(module, InterpretableEmbedding):
-        raise RuntimeError(
-            f"'{embedding_layer_name}' is already an InterpretableEmbedding; remove it first."
+        # Captum asserts here, so an AssertionError-compatible error, before anything changes
+        raise InputError(
+            f"'{embedding_layer_name}' is already an InterpretableEmbedding: use the layer "
+            "returned by the first call, or call remove_interpretable_embedding_layer first."
         )
     warnings.warn(
         "The embedding layer is replaced in place by an InterpretableEmbedding that passes "

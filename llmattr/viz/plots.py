@@ -166,7 +166,8 @@ def plot_layer_token_attr(
 
     Args:
         attr: a ``(n_layers, n_tokens)`` tensor or array, or a list with one attribution per
-            layer (e.g. what ``LayerIntegratedGradients`` returns for a list of layers), or
+            layer (e.g. what ``LayerIntegratedGradients`` returns for a list of layers with
+            ``layers_jointly=False``, each layer's row then complete on its own), or
             those stacked along a first layer dimension (``(n_layers, 1, n_tokens, hidden)``):
             each layer's attribution is reduced to one value per token by dropping a leading
             batch dimension of size 1 and summing the dimensions after the token dimension.
