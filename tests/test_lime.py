@@ -192,6 +192,15 @@ def test_exp_kernel_similarity_by_hand() -> None:
         exp_kernel_similarity("manhattan")
 
 
+def per_example(seen: list[Tensor], batch: int, n: int, ppe: int) -> list[Tensor]:
+    """The samples each example was evaluated on: as Captum, examples are explained one after
+    the other (after the batch's own forward, each starts with its unperturbed forward)."""
+    calls = seen[1:]
+    per = 1 + math.ceil(n / ppe)
+    assert len(calls) == batch * per
+    return [torch.cat(calls[e * per + 1 : (e + 1) * per]) for e in range(batch)]
+
+
 def recording(model: Any) -> tuple[Any, list[Tensor]]:
     seen: list[Tensor] = []
 
@@ -221,9 +230,11 @@ def test_default_sampler_and_kernel_match_a_hand_made_weighted_fit(mode: str, pp
     n = 25
     attr = lime.attribute(x, b, n_samples=n, perturbations_per_eval=ppe, generator=5,
                           return_input_shape=False)  # fmt: skip
-    perturbed = torch.cat(seen[1:]).reshape(n, 2, 4)  # rows copy * batch + example
-    Z = perturbed == x  # (n, batch, 4)
-    assert torch.equal(Z[:, 0], Z[:, 1])  # one sample shared by the batch
+    perturbed = torch.stack(per_example(seen, 2, n, ppe), 1)  # (n, batch, 4)
+    Z = perturbed == x
+    # as Captum: each example its own samples, Bernoulli(1/2) drawn example after example
+    drawn = torch.bernoulli(torch.full((2 * n, 4), 0.5), generator=torch.Generator().manual_seed(5))
+    assert torch.equal(Z.transpose(0, 1), drawn.reshape(2, n, 4).bool())
     assert torch.equal(perturbed, torch.where(Z, x, b.expand_as(x)))
     assert 0.2 < Z.double().mean().item() < 0.8  # features present with probability 1/2
     for e in range(2):
@@ -305,20 +316,21 @@ def test_custom_perturb_func_gets_kwargs_and_its_samples_are_used() -> None:
     lime = Lime(f, interpretable_model=LinearRegression(), perturb_func=perturb)
     attr = lime.attribute(x, b, feature_mask=mask, n_samples=30, generator=3,
                           return_input_shape=False)  # fmt: skip
-    assert len(calls) == 30
+    assert len(calls) == 60  # as Captum: n_samples per example
     for kw in calls:
         assert kw["num_interp_features"] == 4
         assert isinstance(kw["generator"], torch.Generator)
-        assert kw["feature_mask"] is mask and kw["baselines"] is b
+        assert torch.equal(kw["feature_mask"], mask) and torch.equal(kw["baselines"], b)
     assert torch.allclose(attr, group_coefficients(w, x, b, mask, 4), rtol=0, atol=1e-10)
     # the samples the model saw are the perturb_func's (present with probability 0.8)
-    perturbed = torch.cat(seen[1:]).reshape(30, 2, 5)
+    perturbed = torch.stack(per_example(seen, 2, 30, 1), 1)
     assert (perturbed == x).double().mean().item() > 0.65
     # reproducible through the generator it was handed
     again = lime.attribute(x, b, feature_mask=mask, n_samples=30, generator=3,
                            return_input_shape=False)  # fmt: skip
     assert torch.equal(attr, again)
-    assert torch.equal(torch.cat(seen[1:31]), torch.cat(seen[32:]))
+    half = len(seen) // 2
+    assert torch.equal(torch.cat(seen[:half]), torch.cat(seen[half:]))
 
 
 def test_from_interp_rep_transform_builds_the_model_inputs() -> None:
@@ -334,7 +346,7 @@ def test_from_interp_rep_transform_builds_the_model_inputs() -> None:
     lime = Lime(linear(w), interpretable_model=LinearRegression(),
                 from_interp_rep_transform=from_interp)  # fmt: skip
     attr = lime.attribute(x, n_samples=30, generator=0, perturbations_per_eval=4)
-    assert len(calls) == 30 and all(c.shape == (1, 4) for c in calls)
+    assert len(calls) == 60 and all(c.shape == (1, 4) for c in calls)  # 30 per example
     # absent features took the transform's value 2, not the (zero) baseline
     assert torch.allclose(attr, w * (x - 2.0), rtol=0, atol=1e-10)
 
@@ -429,15 +441,16 @@ def test_custom_interpretable_model_receives_samples_outputs_and_weights() -> No
     attr = Lime(model, interpretable_model=Recorder()).attribute(  # type: ignore[arg-type]
         x, n_samples=7, generator=0, return_input_shape=False
     )
+    # fitted per example (the last one recorded), every output at once
     assert got["X"].shape == (7, 3) and set(got["X"].unique().tolist()) <= {0.0, 1.0}
-    assert got["y"].shape == got["w"].shape == (7, 4)  # columns: example * outputs + output
-    perturbed = torch.where(got["X"].bool()[:, None], x, torch.zeros(1, 3, dtype=F64))
+    assert got["y"].shape == got["w"].shape == (7, 2)  # columns: the outputs
+    perturbed = torch.where(got["X"].bool(), x[1], torch.zeros(1, 3, dtype=F64))
     with torch.no_grad():
-        y = model(perturbed.reshape(14, 3)).reshape(7, 4)
+        y = model(perturbed)
     assert torch.allclose(got["y"], y, rtol=0, atol=1e-12)
-    assert torch.equal(got["w"][:, 0], got["w"][:, 1])  # one weight per example, every output
+    assert torch.equal(got["w"][:, 0], got["w"][:, 1])  # one weight per sample, every output
     assert attr.shape == (2, 2, 3)
-    assert torch.equal(attr.reshape(4, 3), torch.arange(12, dtype=F64).reshape(4, 3))
+    assert torch.equal(attr[1], torch.arange(6, dtype=F64).reshape(2, 3))
 
 
 # --- reproducibility and batching ---------------------------------------------------------------
@@ -479,3 +492,13 @@ def test_float32_model(dtype: torch.dtype) -> None:
 def test_rejects_bad_n_samples(bad: int) -> None:
     with pytest.raises(ValueError, match="n_samples"):
         Lime(lambda z: z.sum(1)).attribute(torch.ones(1, 3), n_samples=bad)
+
+
+def test_warns_about_very_many_features_as_captum() -> None:
+    class Zeros:
+        def fit(self, X: Tensor, y: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
+            return torch.zeros(y.shape[1], X.shape[1], dtype=F64), torch.zeros(y.shape[1])
+
+    lime = Lime(lambda z: z.sum(1), interpretable_model=Zeros())
+    with pytest.warns(UserWarning, match="10001 features"):
+        lime.attribute(torch.ones(1, 10001), n_samples=2)

@@ -317,3 +317,67 @@ def test_under_determined_matches_sklearn() -> None:
     theirs.fit(X.numpy(), y.numpy(), sample_weight=w.numpy())
     assert torch.allclose(coef[0], torch.as_tensor(theirs.coef_, dtype=F64), rtol=0, atol=1e-6)
     assert intercept.item() == pytest.approx(float(theirs.intercept_), abs=1e-6)
+
+
+# --- Captum-style trainable models (llmattr.attr.linear_models) -----------------------------------
+
+
+def batches(n: int = 30, f: int = 3, seed: int = 0):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, f, generator=g)
+    y = x @ torch.tensor([2.0, -1.0, 0.5])[:f] + 1.0
+    return DataLoader(TensorDataset(x, y, torch.ones(n)), batch_size=10), x, y
+
+
+def test_linear_model_construction_errors_and_unfitted_use() -> None:
+    from llmattr.attr import SGDLinearRegression
+
+    m = SGDLinearRegression()
+    with pytest.raises(RuntimeError, match="not fitted"):
+        m.representation()
+    assert m.bias() is None and m.classes() is None
+    with pytest.raises(ValueError, match="norm_type"):
+        m._construct_model_params(in_features=2, out_features=1, norm_type="group_norm")
+    with pytest.raises(ValueError, match="in_features"):
+        m._construct_model_params(in_features=2)
+    with pytest.raises(ValueError, match="bias"):
+        m._construct_model_params(weight_values=torch.ones(3), bias=False, bias_value=torch.ones(1))
+    m._construct_model_params(weight_values=torch.ones(3))
+    assert m.representation().shape == (1, 3)
+
+
+def test_sgd_linear_regression_learns_a_line_over_several_batches() -> None:
+    from llmattr.attr import SGDLinearRegression
+
+    data, x, y = batches()
+    m = SGDLinearRegression(norm_type="layer_norm")
+    stats = m.fit(data, max_epoch=3, initial_lr=0.1)
+    assert set(stats) == {"train_time", "train_loss", "train_iter", "train_epoch"}
+    assert stats["train_iter"] <= 3 * len(data)
+    assert isinstance(m.norm, torch.nn.LayerNorm)
+    m = SGDLinearRegression()
+    m.fit(data, max_epoch=400, initial_lr=0.5, patience=50, threshold=1e-7)
+    with torch.no_grad():
+        assert (m(x).reshape(-1) - y).abs().max() < 0.05
+
+
+@pytest.mark.parametrize("norm_input", [False, True])
+def test_sklearn_models_copy_the_estimator(norm_input: bool) -> None:
+    linear_model = pytest.importorskip("sklearn.linear_model")
+    from llmattr.attr import SkLearnLinearModel, SkLearnRidge
+
+    data, x, y = batches()
+    m = SkLearnRidge(alpha=0.1)
+    m.fit(data, norm_input=norm_input)
+    xs = ((x - x.mean(0)) / torch.from_numpy(x.numpy().std(0))) if norm_input else x
+    ref = linear_model.Ridge(alpha=0.1).fit(
+        xs.numpy(), y.numpy(), sample_weight=torch.ones(30).numpy()
+    )
+    assert torch.allclose(m.representation()[0], torch.as_tensor(ref.coef_), atol=1e-5)
+    with torch.no_grad():
+        assert torch.allclose(m(x).reshape(-1), torch.as_tensor(ref.predict(xs.numpy())), atol=1e-4)
+    clf = SkLearnLinearModel("linear_model.LogisticRegression")
+    clf.fit([(x, (y > y.median()).long())])
+    assert clf.classes().tolist() == [0, 1] and clf.representation().shape == (1, 3)

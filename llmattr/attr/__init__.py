@@ -16,6 +16,7 @@ from ..text.embeddings import (
 )
 from .ablation import FeatureAblation, FeaturePermutation, Occlusion
 from .backprop import Deconvolution, GuidedBackprop
+from .dataloader_attr import DataLoaderAttribution
 from .deeplift import DeepLift, DeepLiftShap
 from .gradcam import GuidedGradCam, LayerGradCam
 from .gradient import InputXGradient, Saliency
@@ -37,6 +38,18 @@ from .layer_path import (
     LayerGradientShap,
 )
 from .lime import KernelShap, Lime, exp_kernel_similarity
+from .linear_models import (
+    LinearModel,
+    Model,
+    SGDLasso,
+    SGDLinearModel,
+    SGDLinearRegression,
+    SGDRidge,
+    SkLearnLasso,
+    SkLearnLinearModel,
+    SkLearnLinearRegression,
+    SkLearnRidge,
+)
 from .lrp import (
     LRP,
     Alpha1_Beta0_Rule,
@@ -59,13 +72,20 @@ from .neuron import (
 )
 from .noise_tunnel import NoiseTunnel, NoiseTunnelType
 from .shapley import ShapleyValues, ShapleyValueSampling
+from .stat import MSE, CommonStats, Count, Max, Mean, Min, Stat, StatValue, StdDev, Sum, Var
+from .summarizer import ClassSummarizer, Summarizer, SummarizerSingleTensor
 from .surrogates import InterpretableModel, Lasso, LinearRegression, Ridge
 
 __all__ = [
     "LRP",
+    "MSE",
     "Alpha1_Beta0_Rule",
     "AlphaBetaRule",
     "Attribution",
+    "ClassSummarizer",
+    "CommonStats",
+    "Count",
+    "DataLoaderAttribution",
     "Deconvolution",
     "DeepLift",
     "DeepLiftShap",
@@ -99,7 +119,12 @@ __all__ = [
     "LayerIntegratedGradients",
     "LayerLRP",
     "Lime",
+    "LinearModel",
     "LinearRegression",
+    "Max",
+    "Mean",
+    "Min",
+    "Model",
     "NeuronAttribution",
     "NeuronConductance",
     "NeuronDeconvolution",
@@ -116,10 +141,25 @@ __all__ = [
     "PerturbationAttribution",
     "PropagationRule",
     "Ridge",
+    "SGDLasso",
+    "SGDLinearModel",
+    "SGDLinearRegression",
+    "SGDRidge",
     "Saliency",
     "ShapleyValueSampling",
     "ShapleyValues",
+    "SkLearnLasso",
+    "SkLearnLinearModel",
+    "SkLearnLinearRegression",
+    "SkLearnRidge",
+    "Stat",
+    "StatValue",
+    "StdDev",
+    "Sum",
+    "Summarizer",
+    "SummarizerSingleTensor",
     "TokenReferenceBase",
+    "Var",
     "configure_interpretable_embedding_layer",
     "exp_kernel_similarity",
     "remove_interpretable_embedding_layer",

@@ -1,14 +1,19 @@
-"""Lime (Ribeiro et al., 2016) and KernelShap (Lundberg and Lee, 2017) on the perturbation engine.
+"""Lime (Ribeiro et al., 2016) on the perturbation engine, with Captum's interface and sampling.
 
-Both draw binary *interpretable* samples (which features are present), evaluate the model on the
-corresponding perturbed inputs, and fit a linear surrogate from samples to outputs; its
-coefficients are the attributions. Lime weighs samples by their similarity to the input and fits a
-regularized model; KernelShap draws coalitions from the Shapley kernel and solves the constrained
-least-squares problem whose solution converges to the exact Shapley values.
+Lime draws binary *interpretable* samples (which features are present), evaluates the model on
+the corresponding perturbed inputs, weighs each sample by its similarity to the input and fits a
+linear surrogate from samples to outputs; its coefficients are the attributions. As in Captum,
+each example of a batch gets its own samples and its own fit when the forward returns one value
+per example, and the default sampler draws with ``torch.bernoulli`` in Captum's order, so the
+same ``torch.manual_seed`` gives Captum's samples (and, with the same interpretable model,
+Captum's attributions).
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -16,15 +21,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._core.base import PerturbationAttribution
 from .._core.call import Call
 from .._core.features import FeatureMasks
 from .._core.inputs import BaselineType, TensorOrTuple, as_tuple, format_baselines
 from .._core.perturbation import PerturbationRun, check_positive_int, make_generator
 from .._core.targets import TargetType
-from .surrogates import InterpretableModel, Lasso, LinearRegression
+from ._sampled import Group, SampledSurrogate, check_interpretable_model, lime_feature_masks
+from .kernel_shap import KernelShap, shapley_kernel_samples
+from .surrogates import Lasso
 
-__all__ = ["KernelShap", "Lime", "exp_kernel_similarity", "shapley_kernel_samples"]
+__all__ = [
+    "KernelShap",
+    "Lime",
+    "default_lime_model",
+    "exp_kernel_similarity",
+    "get_exp_kernel_similarity_function",
+    "shapley_kernel_samples",
+]
 
 
 def exp_kernel_similarity(
@@ -34,7 +47,9 @@ def exp_kernel_similarity(
     the perturbed input (``"cosine"``: 1 - cosine similarity, or ``"euclidean"``).
 
     The returned function takes ``(original_input, perturbed_input, perturbed_interpretable_input)``
-    (tensors or tuples, batch first) and returns one similarity per example, ``(batch,)``.
+    (tensors or tuples, batch first) and returns one similarity per example, ``(batch,)``: the
+    inputs of one example are compared as one concatenated vector. Lime computes it for all
+    samples at once.
     """
     if distance_mode not in ("cosine", "euclidean"):
         raise ValueError(f"distance_mode must be 'cosine' or 'euclidean', got {distance_mode!r}.")
@@ -50,105 +65,52 @@ def exp_kernel_similarity(
             d = (a - b.to(a.device)).norm(dim=1)
         return torch.exp(-(d**2) / (2 * kernel_width**2))
 
-    similarity.batched = True  # type: ignore[attr-defined]
+    similarity._kernel = (distance_mode, kernel_width)  # type: ignore[attr-defined]
     return similarity
 
 
-class _SampledSurrogate(PerturbationAttribution):
-    """Shared flow: draw interpretable samples, evaluate them, fit, return coefficients."""
-
-    def _evaluate_samples(
-        self,
-        run: PerturbationRun,
-        masks: FeatureMasks,
-        samples: Tensor,
-        make_inputs: Callable[[int, int], tuple[Tensor, ...]] | None = None,
-        similarity: Callable[..., Any] | None = None,
-        similarity_kwargs: dict[str, Any] | None = None,
-    ) -> tuple[Tensor, Tensor | None]:
-        """Outputs ``(n, rows, n_outputs)`` of the samples and, when ``similarity`` is given,
-        their weights ``(n, rows)``. ``make_inputs(start, end)`` builds the stacked inputs of
-        samples ``[start, end)`` when they are not the default baseline substitution. A user's
-        ``similarity`` is called as Captum calls it: ``(original, perturbed, sample, **kwargs)``
-        with the float ``(1, n_features)`` interpretable sample."""
-        extra = similarity_kwargs or {}
-        n = samples.shape[0]
-        outputs = torch.empty(n, run.rows, run.n_outputs, dtype=torch.float64)
-        weights = torch.empty(n, run.rows, dtype=torch.float64) if similarity else None
-        device = masks.masks[0].device
-        call = run.call
-
-        def build(start: int, end: int) -> tuple[Tensor, ...]:
-            if make_inputs is None:
-                present = samples[start:end] != 0  # binary by default; nonzero is present
-                stacked = run.perturbed(masks.absent(present.to(device)))
-            else:
-                stacked = make_inputs(start, end)
-            k = end - start
-            if getattr(similarity, "batched", False) and weights is not None and not run.aggregate:
-                # the built-in kernel compares rows: one call for the whole chunk
-                original = tuple(x.repeat(k, *([1] * (x.dim() - 1))) for x in call.inputs)
-                sim = similarity(original, stacked)  # type: ignore[misc]
-                weights[start:end] = sim.reshape(k, call.batch).double().cpu()
-            elif similarity is not None and weights is not None:
-                for j in range(k):
-                    rows = tuple(t[j * call.batch : (j + 1) * call.batch] for t in stacked)
-                    sim = similarity(
-                        call.result(list(call.inputs)),
-                        call.result(list(rows)),
-                        _as_float(samples[start + j : start + j + 1]),
-                        **extra,
-                    )
-                    weights[start + j] = _per_row(sim, run.rows)
-            return stacked
-
-        def fold(start: int, end: int, out: Tensor) -> None:
-            outputs[start:end] = out
-
-        run.evaluate(n, build, fold)
-        return outputs, weights
-
-    @staticmethod
-    def _result(
-        call: Call,
-        run: PerturbationRun,
-        masks: FeatureMasks,
-        coef: Tensor,
-        return_input_shape: bool,
-    ) -> TensorOrTuple:
-        credits = coef.reshape(run.rows, run.n_outputs, masks.n_features)
-        if return_input_shape:
-            return call.result(run.feature_attributions(credits, masks))
-        return credits.reshape(run.rows, *run.out_shape, masks.n_features).to(run._dtype())
+def get_exp_kernel_similarity_function(
+    distance_mode: str = "cosine", kernel_width: float = 1.0
+) -> Callable[..., Tensor]:
+    """Captum's name for :func:`exp_kernel_similarity` (a batch of one gives one similarity)."""
+    return exp_kernel_similarity(distance_mode, kernel_width)
 
 
-def _per_row(similarity: Any, rows: int) -> Tensor:
-    sim = torch.as_tensor(similarity, dtype=torch.float64).reshape(-1).cpu()
-    if sim.numel() == 1:
-        return sim.expand(rows)
-    if sim.numel() != rows:
-        # an aggregate output has one row: the batch's examples are averaged
-        return sim.mean().expand(rows)
-    return sim
+def default_lime_model() -> Any:
+    """Lime's default surrogate: Captum's ``SkLearnLasso(alpha=0.01)`` when scikit-learn is
+    installed (Captum's numbers), else llmattr's torch ``Lasso(alpha=0.01)``, which minimizes the
+    same weighted objective (to a tighter tolerance, in float64)."""
+    from .linear_models import SkLearnLasso
+
+    try:
+        return SkLearnLasso(alpha=0.01)
+    except ImportError:
+        return Lasso(alpha=0.01)
 
 
-class Lime(_SampledSurrogate):
+class Lime(SampledSurrogate):
     """Lime: a weighted, regularized linear surrogate fitted on random feature subsets.
 
-    By default ``n_samples`` interpretable samples are drawn with each feature present with
-    probability 1/2, the absent features set to the baseline, samples weighted by
-    :func:`exp_kernel_similarity` and a :class:`~llmattr.attr.surrogates.Lasso` (α = 0.01) fitted
-    per example and output. Every piece can be replaced.
+    By default each of ``n_samples`` interpretable samples keeps every feature with probability
+    1/2 (``torch.bernoulli``, Captum's order), absent features take the baseline, samples are
+    weighted by :func:`exp_kernel_similarity` (cosine, width 1) and :func:`default_lime_model`
+    (``SkLearnLasso(alpha=0.01)``) is fitted per example. Every piece can be replaced.
 
     Args:
         forward_func: the model or forward function.
-        interpretable_model: an :class:`~llmattr.attr.surrogates.InterpretableModel`
-            (``LinearRegression``, ``Ridge``, ``Lasso`` or your own).
+        interpretable_model: a Captum-style model (``fit(DataLoader of (x, y, w))`` and
+            ``representation()``: :class:`~llmattr.attr.linear_models.SkLearnLasso`,
+            ``SGDLasso``, ..., Captum's own, or your ``Model`` subclass), fitted once per example
+            and output on float32 data as Captum does; or an llmattr surrogate
+            (:class:`~llmattr.attr.surrogates.Lasso`, ``Ridge``, ``LinearRegression``, or any
+            object whose ``fit(X, y, weights)`` returns ``(coef, intercept)``), fitted on every
+            output at once in float64.
         similarity_func: ``f(original_input, perturbed_input, perturbed_interpretable_input,
-            **kwargs)`` returning a weight per example (or one number).
+            **kwargs)`` returning the sample's weight (a number or a one-element tensor).
         perturb_func: ``f(original_input, **kwargs)`` returning one ``(1, n_features)``
-            interpretable sample (kwargs carry ``num_interp_features``, ``feature_mask``,
-            ``baselines``, ``generator``); with ``to_interp_rep_transform`` it returns a
+            interpretable sample, or a generator function yielding them (kwargs carry
+            ``num_interp_features``, ``feature_mask``, ``baselines`` and, when given to
+            ``attribute``, ``generator``); with ``to_interp_rep_transform`` it returns a
             perturbed input instead. The surrogate is fitted on the sample's values; without a
             ``from_interp_rep_transform``, nonzero entries mark the features kept.
         from_interp_rep_transform: ``f(sample, original_input, **kwargs)`` building the model
@@ -161,154 +123,26 @@ class Lime(_SampledSurrogate):
     def __init__(
         self,
         forward_func: Callable[..., Any],
-        interpretable_model: InterpretableModel | None = None,
+        interpretable_model: Any = None,
         similarity_func: Callable[..., Any] | None = None,
         perturb_func: Callable[..., Any] | None = None,
         from_interp_rep_transform: Callable[..., Any] | None = None,
         to_interp_rep_transform: Callable[..., Any] | None = None,
     ) -> None:
         super().__init__(forward_func)
-        if interpretable_model is not None and not hasattr(interpretable_model, "fit"):
-            raise TypeError("interpretable_model must have a fit(X, y, weights) method.")
+        check_interpretable_model(interpretable_model)
         if to_interp_rep_transform is not None and perturb_func is None:
             raise ValueError(
                 "to_interp_rep_transform maps perturbed inputs back to samples; it needs a "
                 "perturb_func that returns perturbed inputs."
             )
-        self.interpretable_model = interpretable_model or Lasso(alpha=0.01)
+        self.interpretable_model = (
+            default_lime_model() if interpretable_model is None else interpretable_model
+        )
         self.similarity_func = similarity_func or exp_kernel_similarity()
         self.perturb_func = perturb_func
         self.from_interp_rep_transform = from_interp_rep_transform
         self.to_interp_rep_transform = to_interp_rep_transform
-
-    def attribute(
-        self,
-        inputs: TensorOrTuple,
-        baselines: BaselineType = None,
-        target: TargetType = None,
-        additional_forward_args: Any = None,
-        feature_mask: Tensor | tuple[Tensor, ...] | None = None,
-        n_samples: int = 50,
-        perturbations_per_eval: int = 1,
-        return_input_shape: bool = True,
-        show_progress: bool = False,
-        generator: torch.Generator | int | None = None,
-    ) -> TensorOrTuple:
-        """Lime attributions.
-
-        Args:
-            inputs: a ``(batch, ...)`` tensor or a tuple of them.
-            baselines: values of absent features.
-            target: which output to explain.
-            additional_forward_args: extra forward arguments.
-            feature_mask: integer feature ids per input (the interpretable features).
-            n_samples: interpretable samples drawn.
-            perturbations_per_eval: samples evaluated in one forward.
-            return_input_shape: spread coefficients over the inputs' elements (default), or
-                return them per feature, shape ``(batch, *out, n_features)``.
-            show_progress: show a progress bar.
-            generator: a ``torch.Generator`` or an int seed for the default sampler.
-
-        Returns:
-            Attributions shaped like ``inputs``, or per-feature coefficients.
-        """
-        check_positive_int(n_samples, "n_samples")
-        call = Call.of(inputs, target, additional_forward_args)
-        masks = FeatureMasks.of(feature_mask, call.inputs)
-        bases = format_baselines(baselines, call.inputs)
-        run = PerturbationRun(
-            self.forward_func, call, bases, perturbations_per_eval, show_progress, self.get_name()
-        )
-        run.check_masks(masks)
-        gen = make_generator(generator)
-        original = call.result(list(call.inputs))
-        kwargs = {
-            "num_interp_features": masks.n_features,
-            "feature_mask": feature_mask,
-            "baselines": baselines,
-            "target": target,
-            "additional_forward_args": additional_forward_args,
-            "generator": gen,
-        }
-        make_inputs: Callable[[int, int], tuple[Tensor, ...]] | None = None
-        if self.to_interp_rep_transform is not None and self.perturb_func is not None:
-            # sampling in input space: perturbed inputs first, their samples from the transform
-            to_interp = self.to_interp_rep_transform
-            drawn = [self.perturb_func(original, **kwargs) for _ in range(n_samples)]
-            samples = torch.stack(
-                [_as_sample(to_interp(p, original, **kwargs), masks) for p in drawn]
-            )
-
-            def make_inputs(start: int, end: int) -> tuple[Tensor, ...]:
-                return _stack_inputs(drawn[start:end])
-
-        else:
-            if self.perturb_func is None:
-                samples = (torch.rand(n_samples, masks.n_features, generator=gen) < 0.5).float()
-            else:
-                perturb = self.perturb_func
-                samples = torch.stack(
-                    [_as_sample(perturb(original, **kwargs), masks) for _ in range(n_samples)]
-                )
-            if self.from_interp_rep_transform is not None:
-                from_interp = self.from_interp_rep_transform
-
-                def make_inputs(start: int, end: int) -> tuple[Tensor, ...]:
-                    return _stack_inputs(
-                        [
-                            from_interp(samples[i : i + 1], original, **kwargs)
-                            for i in range(start, end)
-                        ]
-                    )
-
-        outputs, weights = self._evaluate_samples(
-            run, masks, samples, make_inputs, self.similarity_func, kwargs
-        )
-        assert weights is not None
-        n = samples.shape[0]
-        y = outputs.reshape(n, -1)
-        w = weights.repeat_interleave(run.n_outputs, dim=1)
-        coef, _ = self.interpretable_model.fit(samples.double(), y, w)
-        return self._result(call, run, masks, coef, return_input_shape)
-
-
-def _as_sample(value: Any, masks: FeatureMasks) -> Tensor:
-    """One interpretable sample as a float vector. Values are kept as given (Captum fits the
-    surrogate on them, so a custom ``from_interp_rep_transform`` may use non-binary ones); the
-    default input construction treats nonzero entries as present."""
-    sample = _as_float(torch.as_tensor(value).detach().reshape(-1).cpu())
-    if sample.numel() != masks.n_features:
-        raise ValueError(
-            f"An interpretable sample has {sample.numel()} entries but there are "
-            f"{masks.n_features} features."
-        )
-    return sample
-
-
-def _as_float(sample: Tensor) -> Tensor:
-    return sample if sample.is_floating_point() else sample.float()
-
-
-def _stack_inputs(perturbed: list[Any]) -> tuple[Tensor, ...]:
-    parts = [as_tuple(p) for p in perturbed]
-    return tuple(torch.cat([p[j] for p in parts]) for j in range(len(parts[0])))
-
-
-class KernelShap(_SampledSurrogate):
-    """KernelShap: Shapley values from a linear fit on coalitions drawn from the Shapley kernel.
-
-    Coalition sizes ``s`` are drawn with probability ``∝ (n - 1) / (s (n - s))`` and members
-    uniformly; the empty coalition is evaluated once. The fit enforces the Shapley constraints —
-    no intercept beyond ``f(baselines)`` and attributions summing to ``f(x) - f(baselines)`` — so
-    the estimate converges to the exact Shapley values as ``n_samples`` grows, and every estimate
-    is complete.
-
-    Args:
-        forward_func: the model or forward function.
-    """
-
-    def __init__(self, forward_func: Callable[..., Any]) -> None:
-        super().__init__(forward_func)
 
     def attribute(
         self,
@@ -323,26 +157,32 @@ class KernelShap(_SampledSurrogate):
         show_progress: bool = False,
         generator: torch.Generator | int | None = None,
     ) -> TensorOrTuple:
-        """KernelShap attributions.
+        """Lime attributions.
 
         Args:
             inputs: a ``(batch, ...)`` tensor or a tuple of them.
-            baselines: values of absent features.
+            baselines: values of absent features (default 0).
             target: which output to explain.
             additional_forward_args: extra forward arguments.
-            feature_mask: integer feature ids per input.
-            n_samples: coalitions drawn.
-            perturbations_per_eval: coalitions evaluated in one forward.
-            return_input_shape: spread over the elements (default) or return per feature.
+            feature_mask: integer feature ids per input (the interpretable features); as in
+                Captum ids are shifted to start at 0 and may skip values.
+            n_samples: interpretable samples drawn per example (per batch for a forward that
+                returns one value for the whole batch).
+            perturbations_per_eval: samples evaluated in one forward.
+            return_input_shape: spread coefficients over the inputs' elements (default), or
+                return them per feature, shape ``(batch, *out, n_features)``.
             show_progress: show a progress bar.
-            generator: a ``torch.Generator`` or an int seed.
+            generator: a ``torch.Generator`` or an int seed for the sampling (default: torch's
+                global generator, as Captum).
 
         Returns:
-            Attributions shaped like ``inputs``, or ``(batch, *out, n_features)``.
+            Attributions shaped like ``inputs`` (batch 1 for a whole-batch output), or
+            per-feature coefficients. A forward with several outputs per example gets one map
+            per output, ``(batch, *out, ...)`` (Captum refuses such forwards).
         """
         check_positive_int(n_samples, "n_samples")
         call = Call.of(inputs, target, additional_forward_args)
-        masks = FeatureMasks.of(feature_mask, call.inputs)
+        masks = lime_feature_masks(feature_mask, call.inputs)
         run = PerturbationRun(
             self.forward_func,
             call,
@@ -352,30 +192,63 @@ class KernelShap(_SampledSurrogate):
             self.get_name(),
         )
         run.check_masks(masks)
-        n = masks.n_features
-        coalitions = shapley_kernel_samples(n, n_samples, make_generator(generator))
-        empty = torch.zeros(1, n, dtype=torch.bool)
-        outputs, _ = self._evaluate_samples(run, masks, torch.cat([empty, coalitions]))
-        v0 = outputs[0].reshape(1, -1)  # (1, rows * out)
-        gain = run.initial.reshape(1, -1) - v0  # f(x) - f(baselines)
-        if n == 1:
-            coef = gain.t()
-        else:
-            z = coalitions.double()
-            y = outputs[1:].reshape(coalitions.shape[0], -1) - v0 - z[:, -1:] * gain
-            X = z[:, :-1] - z[:, -1:]
-            head, _ = LinearRegression(fit_intercept=False).fit(X, y)
-            coef = torch.cat([head, gain.t() - head.sum(1, keepdim=True)], 1)
-        return self._result(call, run, masks, coef, return_input_shape)
+        gen = make_generator(generator)
+        extra = {} if generator is None else {"generator": gen}
+        coefs = []
+        for group in self._groups(run, masks, extra):
+            # per group, in Captum's order: draw every sample, evaluate them, fit
+            raw = self._draw(group, n_samples, gen)
+            make_input: Callable[[int], Any] | None = None
+            if self.to_interp_rep_transform is not None:
+                drawn, to_interp = raw, self.to_interp_rep_transform
+                raw = [to_interp(p, group.inputs, **group.kwargs) for p in drawn]
+                make_input = drawn.__getitem__  # the model sees the drawn inputs themselves
+            elif self.from_interp_rep_transform is not None:
+                make_input = functools.partial(
+                    _from_interp, self.from_interp_rep_transform, raw, group
+                )
+            samples = torch.stack([_as_sample(s, masks) for s in raw])
+            outputs, weights = self._evaluate(group, raw, samples, make_input, self.similarity_func)
+            coefs.append(self._fit(self.interpretable_model, samples, outputs, weights))
+        return self._result(run, masks, torch.stack(coefs), return_input_shape)
+
+    def _draw(self, group: Group, n_samples: int, gen: torch.Generator | None) -> list[Any]:
+        """``n_samples`` interpretable samples (perturbed inputs with a
+        ``to_interp_rep_transform``) of one group; a generator ``perturb_func`` may stop early."""
+        perturb = self.perturb_func
+        if perturb is None:
+            # Captum's sampler draws one (1, n_features) Bernoulli(1/2) row at a time; one call
+            # for all rows yields the same numbers
+            n = group.masks.n_features
+            drawn = torch.bernoulli(torch.full((n_samples, n), 0.5), generator=gen)
+            return list(drawn.long().split(1))
+        if not inspect.isgeneratorfunction(perturb):
+            return [perturb(group.inputs, **group.kwargs) for _ in range(n_samples)]
+        stream = perturb(group.inputs, **group.kwargs)
+        taken = [s for _, s in zip(range(n_samples), stream)]
+        if len(taken) < n_samples:
+            warnings.warn(
+                f"perturb_func's generator stopped after {len(taken)} of n_samples={n_samples} "
+                "samples; Lime fits on those.",
+                stacklevel=3,
+            )
+            if not taken:
+                raise ValueError("perturb_func's generator yielded no samples.")
+        return taken
 
 
-def shapley_kernel_samples(n: int, n_samples: int, generator: torch.Generator | None) -> Tensor:
-    """``(n_samples, n)`` coalitions drawn from the Shapley kernel (sizes 1 .. n - 1)."""
-    if n < 2:
-        return torch.zeros(0, n, dtype=torch.bool)
-    sizes = torch.arange(1, n)
-    probs = (n - 1) / (sizes * (n - sizes)).double()
-    drawn = sizes[torch.multinomial(probs / probs.sum(), n_samples, True, generator=generator)]
-    order = torch.argsort(torch.rand(n_samples, n, generator=generator), dim=1)
-    ranks = torch.argsort(order, dim=1)
-    return ranks < drawn[:, None]
+def _from_interp(transform: Callable[..., Any], raw: list[Any], group: Group, j: int) -> Any:
+    return transform(raw[j], group.inputs, **group.kwargs)
+
+
+def _as_sample(value: Any, masks: FeatureMasks) -> Tensor:
+    """One interpretable sample as a float64 vector. Values are kept as given (Captum fits the
+    surrogate on them, so a custom ``from_interp_rep_transform`` may use non-binary ones); the
+    default input construction treats nonzero entries as present."""
+    sample = torch.as_tensor(value).detach().reshape(-1).cpu().double()
+    if sample.numel() != masks.n_features:
+        raise ValueError(
+            f"An interpretable sample has {sample.numel()} entries but there are "
+            f"{masks.n_features} features."
+        )
+    return sample

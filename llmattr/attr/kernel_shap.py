@@ -1,0 +1,172 @@
+"""KernelShap (Lundberg and Lee, 2017): Shapley values from a linear fit on kernel-drawn coalitions.
+
+Coalitions are drawn as Captum draws them (the full and the empty coalition first, then a size
+from the Shapley kernel and that many features by a random ranking), per example when the forward
+returns one value per example, so the same ``torch.manual_seed`` gives Captum's coalitions.
+
+The fit is where llmattr differs by default: Captum approximates the Shapley constraints by
+weighting the full and empty coalitions 10⁶ times the others in an ordinary float32 regression;
+llmattr solves the constrained least-squares problem exactly (no intercept beyond
+``f(baselines)``, attributions summing to ``f(x) - f(baselines)``), so every estimate is complete
+and the estimates converge to the exact Shapley values. Passing an ``interpretable_model`` (e.g.
+``SkLearnLinearRegression()``) runs Captum's weighted regression instead, with Captum's numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .._core.call import Call
+from .._core.inputs import BaselineType, TensorOrTuple, format_baselines
+from .._core.perturbation import PerturbationRun, check_positive_int, make_generator
+from .._core.targets import TargetType
+from ._sampled import SampledSurrogate, check_interpretable_model, lime_feature_masks
+from .surrogates import LinearRegression
+
+__all__ = ["KernelShap", "shapley_kernel_samples"]
+
+# Captum's weight of the full and the empty coalition in its unconstrained regression
+INF_WEIGHT = 1e6
+
+
+class KernelShap(SampledSurrogate):
+    """KernelShap: Shapley values from a linear fit on coalitions drawn from the Shapley kernel.
+
+    Args:
+        forward_func: the model or forward function.
+        interpretable_model: None (default) for llmattr's exactly constrained fit; or a
+            surrogate (Captum-style such as ``SkLearnLinearRegression()``, or an llmattr one) to
+            fit Captum's way: an unconstrained regression where the full and empty coalitions
+            weigh 10⁶ and the others 1. ``SkLearnLinearRegression()`` reproduces Captum's
+            KernelShap.
+    """
+
+    def __init__(self, forward_func: Callable[..., Any], interpretable_model: Any = None) -> None:
+        super().__init__(forward_func)
+        check_interpretable_model(interpretable_model)
+        self.interpretable_model = interpretable_model
+
+    def attribute(
+        self,
+        inputs: TensorOrTuple,
+        baselines: BaselineType = None,
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        feature_mask: Tensor | tuple[Tensor, ...] | None = None,
+        n_samples: int = 25,
+        perturbations_per_eval: int = 1,
+        return_input_shape: bool = True,
+        show_progress: bool = False,
+        generator: torch.Generator | int | None = None,
+    ) -> TensorOrTuple:
+        """KernelShap attributions.
+
+        Args:
+            inputs: a ``(batch, ...)`` tensor or a tuple of them.
+            baselines: values of absent features (default 0).
+            target: which output to explain.
+            additional_forward_args: extra forward arguments.
+            feature_mask: integer feature ids per input (Captum's rules: shifted to start at 0,
+                gaps allowed).
+            n_samples: coalitions per example, the full and the empty one included (as Captum).
+            perturbations_per_eval: coalitions evaluated in one forward.
+            return_input_shape: spread over the elements (default) or return per feature.
+            show_progress: show a progress bar.
+            generator: a ``torch.Generator`` or an int seed (default: torch's global generator).
+
+        Returns:
+            Attributions shaped like ``inputs``, or ``(batch, *out, n_features)``.
+        """
+        check_positive_int(n_samples, "n_samples")
+        call = Call.of(inputs, target, additional_forward_args)
+        masks = lime_feature_masks(feature_mask, call.inputs)
+        run = PerturbationRun(
+            self.forward_func,
+            call,
+            format_baselines(baselines, call.inputs),
+            perturbations_per_eval,
+            show_progress,
+            self.get_name(),
+        )
+        run.check_masks(masks)
+        n = masks.n_features
+        gen = make_generator(generator)
+        coefs = []
+        for group in self._groups(run, masks, {}):
+            # Captum's sequence per example: the full and the empty coalition, then
+            # n_samples - 2 kernel draws
+            drawn = shapley_kernel_samples(n, max(n_samples - 2, 0), gen)
+            full, empty = torch.ones(1, n, dtype=torch.bool), torch.zeros(1, n, dtype=torch.bool)
+            if self.interpretable_model is not None:
+                samples = torch.cat([full, empty, drawn])[:n_samples].double()
+                outputs, _ = self._evaluate(group, [], samples, None, None)
+                size = samples.sum(1)
+                weights = torch.where((size == 0) | (size == n), INF_WEIGHT, 1.0).double()
+                coefs.append(self._fit(self.interpretable_model, samples, outputs, weights))
+                continue
+            # the full coalition's output is the unperturbed one the run already has
+            samples = torch.cat([empty, drawn]).double()
+            outputs, _ = self._evaluate(group, [], samples, None, None)
+            coefs.append(
+                _constrained_fit(samples[1:], outputs[1:], outputs[0], group.run.initial[0])
+            )
+            _draw_like_captums_fit(n, gen)
+        return self._result(run, masks, torch.stack(coefs), return_input_shape)
+
+
+def _draw_like_captums_fit(n: int, generator: torch.Generator | None) -> None:
+    """Draw the random numbers Captum's fit (``SkLearnLinearRegression``) draws: a DataLoader's
+    seed, then a fresh ``nn.Linear(n, 1)``'s initial weights and bias; so the next example's
+    coalitions are Captum's too."""
+    torch.empty((), dtype=torch.int64).random_(generator=generator)
+    torch.empty(1, n).uniform_(generator=generator)
+    torch.empty(1).uniform_(generator=generator)
+
+
+def _constrained_fit(z: Tensor, y: Tensor, v0: Tensor, vx: Tensor) -> Tensor:
+    """Least squares ``y - v0 ≈ z @ φ`` subject to ``Σ φ = vx - v0``, per output.
+
+    Args:
+        z: ``(m, n)`` coalitions; y: ``(m, n_outputs)`` their outputs; v0, vx: ``(n_outputs,)``
+            outputs of the empty and the full coalition.
+
+    Returns:
+        ``(n_outputs, n)``.
+    """
+    gain = (vx - v0).reshape(1, -1)  # (1, n_outputs)
+    n = z.shape[1]
+    if n == 1 or z.shape[0] == 0:
+        # nothing to regress on: the gain shared equally (the exact answer for n == 1)
+        return (gain.t() / n).expand(-1, n).clone()
+    # eliminate the last feature with the constraint: φ_n = gain - Σ_{i<n} φ_i
+    rhs = y - v0.reshape(1, -1) - z[:, -1:] * gain
+    design = z[:, :-1] - z[:, -1:]
+    head, _ = LinearRegression(fit_intercept=False).fit(design, rhs)
+    return torch.cat([head, gain.t() - head.sum(1, keepdim=True)], 1)
+
+
+def shapley_kernel_samples(n: int, n_samples: int, generator: torch.Generator | None) -> Tensor:
+    """``(n_samples, n)`` bool coalitions drawn from the Shapley kernel, as Captum draws them.
+
+    Each draw takes a size ``s`` in ``1 .. n - 1`` with probability ``∝ (n - 1) / (s (n - s))``
+    (``torch.multinomial`` over Captum's float32 probabilities) and then keeps the ``s``
+    features with the largest of ``n`` standard normal values, one draw after the other.
+    """
+    if n < 2:  # no coalition but the empty and the full one
+        return torch.zeros(0, n, dtype=torch.bool)
+    sizes = torch.arange(n, dtype=torch.float32)
+    probs = torch.tensor(n - 1) / (sizes * (n - sizes))
+    probs[0] = 0.0
+    probs = (probs / probs.sum()).reshape(1, -1)
+    drawn = torch.empty(n_samples, 1, dtype=torch.long)
+    values = torch.empty(n_samples, n)
+    for i in range(n_samples):  # interleaved draws: Captum's random stream, one call at a time
+        torch.multinomial(probs, 1, True, generator=generator, out=drawn[i : i + 1])
+        torch.randn(1, n, generator=generator, out=values[i : i + 1])
+    # "above the (n - s)-th smallest value" is "among the s largest" (normals do not tie)
+    ranks = values.argsort(dim=1, descending=True).argsort(dim=1)
+    return ranks < drawn
