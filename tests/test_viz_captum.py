@@ -231,3 +231,22 @@ def test_empty_masks_draw_nothing_and_bad_masks_are_refused():
     with pytest.raises(ValueError, match=r"2-D \(height, width\)"):
         viz.draw_mask_border(ax, np.ones((2, 4, 4), dtype=bool))
     plt.close(fig)
+
+
+def test_visualization_module_under_captums_import_path() -> None:
+    """``from captum.attr import visualization as viz`` switches by changing the package name:
+    every public function and class Captum's module defines is there."""
+    from captum.attr import visualization as captum_viz
+
+    from llmattr.attr import visualization
+
+    assert visualization is viz
+    defined = [
+        name
+        for name, obj in vars(captum_viz).items()
+        if not name.startswith("_")
+        and (inspect.isfunction(obj) or inspect.isclass(obj))
+        and obj.__module__ == captum_viz.__name__
+    ]
+    assert len(defined) > 10
+    assert [name for name in defined if not hasattr(visualization, name)] == []
