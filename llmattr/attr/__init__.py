@@ -164,3 +164,14 @@ __all__ = [
     "exp_kernel_similarity",
     "remove_interpretable_embedding_layer",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # ``from captum.attr import visualization as viz`` becomes
+    # ``from llmattr.attr import visualization as viz``; imported lazily so that the algorithms do
+    # not pull in matplotlib
+    if name == "visualization":
+        from .. import viz
+
+        return viz
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
