@@ -222,3 +222,20 @@ def test_invalid_gradient_shap_arguments() -> None:
                (X, X), baselines=(dist, dist), stdevs=(0.1, 0.2, 0.3))  # fmt: skip
     both_raise(AssertionError, InputError, "GradientShap", lambda a, b: a.sum(1) + b.sum(1),
                (X, X), baselines=dist)  # fmt: skip
+
+
+def test_every_get_name_equals_captums() -> None:
+    """``get_name()`` (which titles progress bars) is Captum's for every class both export."""
+    import inspect
+
+    import captum.attr
+
+    import llmattr
+
+    compared = 0
+    for name in captum.attr.__all__:
+        theirs, ours = getattr(captum.attr, name), getattr(llmattr, name, None)
+        if inspect.isclass(theirs) and hasattr(theirs, "get_name") and hasattr(ours, "get_name"):
+            assert ours.get_name() == theirs.get_name(), name
+            compared += 1
+    assert compared >= 48

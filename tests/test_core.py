@@ -243,7 +243,7 @@ def test_replace_outputs_single_use_rejects_reuse() -> None:
 def test_get_name_and_flags() -> None:
     assert IntegratedGradients.get_name() == "Integrated Gradients"
     assert DeepLiftShap.get_name() == "Deep Lift Shap"
-    assert LRP.get_name() == "LRP"
+    assert LRP.get_name() == "L R P"  # Captum's rule: a space before every capital
     model = MLP()
     assert IntegratedGradients(model).has_convergence_delta()
     assert not Saliency(model).has_convergence_delta()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -54,8 +53,11 @@ class Attribution:
 
     @classmethod
     def get_name(cls) -> str:
-        """A readable name: ``IntegratedGradients`` → ``"Integrated Gradients"``."""
-        return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", " ", cls.__name__)
+        """A readable name, as Captum documents it: a space before every character that is not
+        lower-case, except the first (``IntegratedGradients`` → ``"Integrated Gradients"``,
+        ``LRP`` → ``"L R P"``). Progress bars are titled ``f"{get_name()} attribution"``."""
+        name = cls.__name__
+        return name[0] + "".join(c if c.islower() else " " + c for c in name[1:])
 
     def has_convergence_delta(self) -> bool:
         """Whether :meth:`compute_convergence_delta` is available for this algorithm."""
