@@ -239,3 +239,22 @@ def test_every_get_name_equals_captums() -> None:
             assert ours.get_name() == theirs.get_name(), name
             compared += 1
     assert compared >= 48
+
+
+@pytest.mark.parametrize("nt_type", ["smoothgrad", "smoothgrad_sq", "vargrad"])
+def test_noise_tunnel_draws_captums_noise_copy_by_copy(nt_type: str) -> None:
+    """The same seed gives Captum's NoiseTunnel result when Captum draws copy by copy
+    (``nt_samples_batch_size=1``); ours draws that way whatever the partition."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2)).double()
+    x = torch.randn(3, 4, dtype=torch.float64)
+    torch.manual_seed(1)
+    theirs = captum_attr.NoiseTunnel(captum_attr.Saliency(model)).attribute(
+        x, nt_type=nt_type, nt_samples=5, target=0, nt_samples_batch_size=1
+    )
+    for partition in (None, 1, 2):
+        torch.manual_seed(1)
+        ours = llmattr.NoiseTunnel(llmattr.Saliency(model)).attribute(
+            x, nt_type=nt_type, nt_samples=5, target=0, nt_samples_batch_size=partition
+        )
+        torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-8)
