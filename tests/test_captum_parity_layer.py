@@ -464,6 +464,39 @@ def test_guided_grad_cam(mode: str) -> None:
     )
 
 
+class ImageAndVector(nn.Module):
+    """A CNN whose forward also takes a flat vector: Grad-CAM cannot be resized to it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3)
+        self.head = nn.Linear(2 * 4 * 4 + 3, 2)
+
+    def forward(self, image: Tensor, vector: Tensor) -> Tensor:
+        return self.head(torch.cat([self.conv(image).relu().flatten(1), vector], dim=1))
+
+
+@pytest.mark.parametrize("mode", ["nearest", "no-such-mode"])
+def test_guided_grad_cam_warns_and_returns_empty_where_it_cannot_resize(mode: str) -> None:
+    """As Captum: an input the map cannot be resized to (here a flat vector, or every input with
+    an unknown interpolate_mode) gets an empty tensor and a warning; the others are explained."""
+    model = seeded(ImageAndVector)
+    gen = torch.Generator().manual_seed(3)
+    x = (
+        torch.randn(2, 1, 6, 6, generator=gen, dtype=F64),
+        torch.randn(2, 3, generator=gen, dtype=F64),
+    )
+    results = []
+    for lib in (llmattr, captum_attr):
+        with pytest.warns(UserWarning):
+            results.append(
+                lib.GuidedGradCam(model, model.conv).attribute(x, target=1, interpolate_mode=mode)
+            )
+    ours, theirs = results
+    assert ours[1].numel() == 0 and theirs[1].numel() == 0
+    assert_same(ours, theirs)
+
+
 # --- perturbation at a layer ----------------------------------------------------------------
 
 

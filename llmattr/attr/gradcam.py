@@ -8,6 +8,7 @@ map upsampled to the input's size.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -120,12 +121,21 @@ class GuidedGradCam(_FixedLayer):
         guided = self.guided_backprop.attribute(call.inputs, call.target, call.args)
         out = []
         for x, g in zip(call.inputs, guided):
-            if x.dim() != cam.dim():
-                raise ValueError(
-                    f"Input of shape {tuple(x.shape)} and the layer's Grad-CAM map of shape "
-                    f"{tuple(cam.shape)} have different numbers of dimensions; GuidedGradCam "
-                    "needs (batch, channels, *spatial) inputs matching the layer."
+            # as Captum: an input the Grad-CAM map cannot be resized to (another rank, an
+            # unknown interpolate_mode) gets an empty attribution and a warning, so the other
+            # inputs of a multi-input model are still explained
+            try:
+                if x.dim() != cam.dim():
+                    raise ValueError("different numbers of dimensions")
+                up = LayerAttribution.interpolate(cam, tuple(x.shape[2:]), interpolate_mode)
+                out.append(g * up)
+            except (ValueError, RuntimeError, NotImplementedError) as err:
+                warnings.warn(
+                    f"GuidedGradCam: the layer's Grad-CAM map of shape {tuple(cam.shape)} cannot "
+                    f"be resized to the input of shape {tuple(x.shape)} with interpolate_mode="
+                    f"{interpolate_mode!r} ({err}); that input's attribution is an empty tensor. "
+                    "GuidedGradCam needs (batch, channels, *spatial) inputs matching the layer.",
+                    stacklevel=2,
                 )
-            up = LayerAttribution.interpolate(cam, tuple(x.shape[2:]), interpolate_mode)
-            out.append(g * up)
+                out.append(torch.empty(0))
         return call.result(out)
