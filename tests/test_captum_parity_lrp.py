@@ -269,3 +269,15 @@ def test_alpha1_beta0_propagates_only_positive_contributions_where_captum_does_n
     ours, theirs = run(llmattr, ours_rules), run(captum_attr, captum_rules)
     assert bool((ours >= -1e-12).all())
     assert bool((theirs < -1e-3).any())
+
+
+def test_a_rule_that_is_no_propagation_rule_is_refused_at_construction() -> None:
+    """Captum raises TypeError when LRP is created over a model with ``module.rule = 1``; so do
+    we (and for a bad entry of ``rules=``), before any forward."""
+    for lib in (llmattr, captum_attr):
+        model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).double()
+        model[0].rule = 1
+        with pytest.raises(TypeError):
+            lib.LRP(model)
+    with pytest.raises(TypeError, match="PropagationRule"):
+        llmattr.LRP(nn.Linear(3, 2), rules={nn.Linear: "epsilon"})

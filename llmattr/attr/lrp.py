@@ -241,6 +241,16 @@ class LRP(GradientAttribution):
         super().__init__(model)
         self.model = model
         self.rules = dict(rules or {})
+        # a rule that is not a PropagationRule is refused now, as Captum does at construction
+        given = [(f"rules[{key!r}]", rule) for key, rule in self.rules.items()]
+        given += [
+            (f"module '{n}'.rule", getattr(m, "rule", None)) for n, m in model.named_modules()
+        ]
+        for where, rule in given:
+            if rule is not None and not isinstance(rule, PropagationRule):
+                raise TypeError(
+                    f"{where} must be a PropagationRule (e.g. EpsilonRule()), got {rule!r}."
+                )
 
     @property
     def multiplies_by_inputs(self) -> bool:
