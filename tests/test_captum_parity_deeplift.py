@@ -126,3 +126,34 @@ def test_maxpool_and_softmax_exact_where_captum_leaves_a_gap() -> None:
     assert got.shape == x.shape
     torch.testing.assert_close(got_d, torch.zeros_like(got_d), rtol=0, atol=1e-12)
     assert float(want_d.abs().max()) > 1e-6
+
+
+@pytest.mark.parametrize(
+    "baselines",
+    [
+        lambda: (0.0, 0.0001),
+        lambda: (torch.zeros(1, 3), torch.zeros(1, 3)),
+        lambda: ([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]], [[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]),
+    ],
+    ids=["numbers", "one-example", "lists"],
+)
+@pytest.mark.parametrize("layered", [False, True])
+def test_shap_needs_a_distribution_of_baselines_as_captum(baselines, layered: bool) -> None:
+    """DeepLiftShap and LayerDeepLiftShap need at least two baseline examples per input (a
+    tensor): numbers, one example or lists are refused with an AssertionError in both."""
+
+    class TwoInputs(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(3, 2)
+            self.relu = nn.ReLU()
+
+        def forward(self, a: Tensor, b: Tensor) -> Tensor:
+            return self.relu(self.lin(a) + self.lin(b))
+
+    x = (torch.tensor([[-10.0, 1.0, -5.0]]), torch.tensor([[3.0, 3.0, 1.0]]))
+    for lib in (llmattr, captum_attr):
+        model = TwoInputs()
+        method = lib.LayerDeepLiftShap(model, model.lin) if layered else lib.DeepLiftShap(model)
+        with pytest.raises(AssertionError):
+            method.attribute(x, baselines, target=0)

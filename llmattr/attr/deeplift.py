@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from .._core.base import GradientAttribution
 from .._core.call import Call
+from .._core.errors import InputError
 from .._core.forward import gradients
 from .._core.hooks import replace_outputs, route_gradient
 from .._core.inputs import (
@@ -314,6 +315,22 @@ def _gap(attrs: tuple[Tensor, ...], f_x: Tensor, f_b: Tensor) -> Tensor:
     return per_example_sum(attrs).to(f_x.dtype) - (f_x - f_b)
 
 
+def shap_baselines(
+    baselines: Any, inputs: tuple[Tensor, ...], passed: Any, method: str
+) -> tuple[Tensor, ...]:
+    """The baseline distribution of a DeepLift-SHAP method: as Captum, at least two baseline
+    examples (one baseline, or a number, is plain DeepLift); one ``(n, ...)`` tensor per input."""
+    dist = format_baseline_distribution(baselines, inputs, passed)
+    if dist[0].shape[0] < 2:
+        raise InputError(
+            f"{method} averages over a distribution of baselines and got "
+            f"{dist[0].shape[0]} baseline example: pass an (n_baselines, ...) tensor with "
+            "n_baselines >= 2 per input (or a callable returning them), or use DeepLift / "
+            "LayerDeepLift for a single baseline."
+        )
+    return dist
+
+
 class DeepLiftShap(DeepLift):
     """DeepLift averaged over a distribution of baselines (an approximation of SHAP values).
 
@@ -352,7 +369,7 @@ class DeepLiftShap(DeepLift):
             example-major (baseline ``j`` of example ``i`` at ``i * n_baselines + j``).
         """
         call = Call.of(inputs, target, additional_forward_args, gradient_method=self.get_name())
-        dist = format_baseline_distribution(baselines, call.inputs, inputs)
+        dist = shap_baselines(baselines, call.inputs, inputs, self.get_name())
         n_base, batch = dist[0].shape[0], call.batch
         xs = tuple(x.repeat_interleave(n_base, dim=0) for x in call.inputs)
         bs = tuple(b.repeat(batch, *([1] * (b.dim() - 1))) for b in dist)

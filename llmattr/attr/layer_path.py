@@ -25,7 +25,7 @@ from .._core.inputs import (
 from .._core.layers import LayerCut
 from .._core.perturbation import check_positive_int, make_generator
 from .._core.targets import TargetType
-from .deeplift import _custom_attributions, deeplift_multipliers
+from .deeplift import _custom_attributions, deeplift_multipliers, shap_baselines
 from .gradient_shap import Draws, expected_gradients, noise_stdevs
 from .integrated_gradients import StraightPath, step_rule
 from .layer_base import LayerResult, _FixedLayer, _form, _Layer
@@ -381,7 +381,7 @@ class LayerDeepLiftShap(LayerDeepLift):
         """Mean over baselines of LayerDeepLift; the delta has shape ``(batch * n_baselines,)``,
         example-major."""
         call = Call.of(inputs, target, additional_forward_args, gradient_method=self.get_name())
-        dist = format_baseline_distribution(baselines, call.inputs, inputs)
+        dist = shap_baselines(baselines, call.inputs, inputs, self.get_name())
         n_base, batch = dist[0].shape[0], call.batch
         xs = tuple(x.repeat_interleave(n_base, dim=0) for x in call.inputs)
         bs = tuple(b.repeat(batch, *([1] * (b.dim() - 1))) for b in dist)
