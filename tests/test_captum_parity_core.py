@@ -258,3 +258,18 @@ def test_noise_tunnel_draws_captums_noise_copy_by_copy(nt_type: str) -> None:
             x, nt_type=nt_type, nt_samples=5, target=0, nt_samples_batch_size=partition
         )
         torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-8)
+
+
+def test_output_without_the_batch_dimension_is_refused_where_captum_runs() -> None:
+    """A forward that returns ``(1, k)`` for a batch of 2 (it dropped the batch): Captum's
+    gradient methods run on what the target picks; ours name the shapes (a deliberate
+    difference, in the README's table)."""
+    lin = nn.Linear(2, 2).double()
+
+    def forward(x: Tensor) -> Tensor:
+        return lin(x)[0].unsqueeze(0)
+
+    x = torch.randn(2, 2, dtype=torch.float64)
+    assert captum_attr.Saliency(forward).attribute(x, target=0).shape == x.shape
+    with pytest.raises(ValueError, match=r"shape \(1, 2\) for a batch of 2"):
+        llmattr.Saliency(forward).attribute(x, target=0)
