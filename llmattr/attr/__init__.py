@@ -37,7 +37,7 @@ from .layer_path import (
     LayerDeepLiftShap,
     LayerGradientShap,
 )
-from .lime import KernelShap, Lime, exp_kernel_similarity
+from .lime import KernelShap, Lime, LimeBase, exp_kernel_similarity
 from .linear_models import (
     LinearModel,
     Model,
@@ -119,6 +119,7 @@ __all__ = [
     "LayerIntegratedGradients",
     "LayerLRP",
     "Lime",
+    "LimeBase",
     "LinearModel",
     "LinearRegression",
     "Max",

@@ -27,7 +27,7 @@ from .._core.inputs import TensorOrTuple, as_tuple
 from .._core.perturbation import PerturbationRun
 from .surrogates import InterpretableModel
 
-__all__ = ["Group", "SampledSurrogate", "lime_feature_masks"]
+__all__ = ["Group", "SampledSurrogate", "fit_captum_model", "lime_feature_masks"]
 
 
 def lime_feature_masks(feature_mask: Any, inputs: tuple[Tensor, ...]) -> FeatureMasks:
@@ -195,17 +195,13 @@ class SampledSurrogate(PerturbationAttribution):
         object whose ``fit(X, y, weights)`` returns ``(coef, intercept)``) fit every output in
         one float64 call.
         """
-        n, f = X.shape
+        f = X.shape[1]
         if isinstance(model, InterpretableModel) or not hasattr(model, "representation"):
             coef, _ = model.fit(X.double(), y.double(), w.double()[:, None].expand_as(y))
             return torch.as_tensor(coef, dtype=torch.float64).reshape(y.shape[1], f)
-        from torch.utils.data import DataLoader, TensorDataset
-
         rows = []
         for o in range(y.shape[1]):
-            data = TensorDataset(X.float(), y[:, o].float(), w.float())
-            model.fit(DataLoader(data, batch_size=n))
-            coef = torch.as_tensor(model.representation()).detach().reshape(-1)
+            coef = torch.as_tensor(fit_captum_model(model, X, y[:, o], w)).detach().reshape(-1)
             if coef.numel() != f:
                 raise ValueError(
                     f"The interpretable model's representation() has {coef.numel()} entries "
@@ -224,6 +220,22 @@ class SampledSurrogate(PerturbationAttribution):
         if return_input_shape:
             return run.call.result(run.feature_attributions(credits, masks))
         return credits.reshape(run.rows, *run.out_shape, masks.n_features).to(run._dtype())
+
+
+def fit_captum_model(model: Any, X: Tensor, y: Tensor, w: Tensor) -> Any:
+    """Fit a Captum-style model as Captum does and return its ``representation()``.
+
+    Args:
+        X: ``(n, n_features)`` interpretable samples; y: ``(n,)`` outputs; w: ``(n,)`` weights.
+
+    The data go in as float32, in one DataLoader batch of all ``n`` samples: Captum's numbers
+    (and Captum's draws from torch's global generator, which iterating a DataLoader makes).
+    """
+    from torch.utils.data import DataLoader, TensorDataset
+
+    data = TensorDataset(X.float(), y.float(), w.float())
+    model.fit(DataLoader(data, batch_size=X.shape[0]))
+    return model.representation()
 
 
 def check_interpretable_model(model: Any) -> None:

@@ -28,11 +28,13 @@ from .._core.perturbation import PerturbationRun, check_positive_int, make_gener
 from .._core.targets import TargetType
 from ._sampled import Group, SampledSurrogate, check_interpretable_model, lime_feature_masks
 from .kernel_shap import KernelShap, shapley_kernel_samples
+from .lime_base import LimeBase
 from .surrogates import Lasso
 
 __all__ = [
     "KernelShap",
     "Lime",
+    "LimeBase",
     "default_lime_model",
     "exp_kernel_similarity",
     "get_exp_kernel_similarity_function",
@@ -88,8 +90,12 @@ def default_lime_model() -> Any:
         return Lasso(alpha=0.01)
 
 
-class Lime(SampledSurrogate):
+class Lime(LimeBase):
     """Lime: a weighted, regularized linear surrogate fitted on random feature subsets.
+
+    A :class:`LimeBase` (as in Captum) whose interpretable space is binary: one entry per
+    feature of ``feature_mask``, present or set to the baseline; its samples are evaluated in
+    vectorized batches rather than one input at a time.
 
     By default each of ``n_samples`` interpretable samples keeps every feature with probability
     1/2 (``torch.bernoulli``, Captum's order), absent features take the baseline, samples are
@@ -129,7 +135,8 @@ class Lime(SampledSurrogate):
         from_interp_rep_transform: Callable[..., Any] | None = None,
         to_interp_rep_transform: Callable[..., Any] | None = None,
     ) -> None:
-        super().__init__(forward_func)
+        # not LimeBase.__init__: Lime has defaults for every piece LimeBase requires
+        SampledSurrogate.__init__(self, forward_func)
         check_interpretable_model(interpretable_model)
         if to_interp_rep_transform is not None and perturb_func is None:
             raise ValueError(
@@ -143,6 +150,8 @@ class Lime(SampledSurrogate):
         self.perturb_func = perturb_func
         self.from_interp_rep_transform = from_interp_rep_transform
         self.to_interp_rep_transform = to_interp_rep_transform
+        # LimeBase's attribute: samples are interpretable unless they are perturbed inputs
+        self.perturb_interpretable_space = to_interp_rep_transform is None
 
     def attribute(
         self,
