@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
                 },
             )
             for ex in examples:
-                inp = TextTokenInput(ex.prompt, tokenizer)
+                inp = TextTokenInput(ex.prompt, tokenizer, skip_tokens=[tokenizer.bos_token_id])
                 start = time.perf_counter()
                 if name == "random":
                     result = random_result(inp, ex.answer, tokenizer, gen)

@@ -66,9 +66,9 @@ def main() -> None:
         print(f"{name}: captum {t_c:.3f}s, llmattr {t_o:.3f}s, x{t_c / t_o:.1f}, diff {diff:.1e}")
 
     ours_fa = llmattr.LLMAttribution(llmattr.FeatureAblation(model), tokenizer)
-    ours_input = llmattr.TextTokenInput(prompt, tokenizer)
     captum_fa = ca.LLMAttribution(ca.FeatureAblation(model), tokenizer)
     skip = [tokenizer.cls_token_id, tokenizer.sep_token_id]
+    ours_input = llmattr.TextTokenInput(prompt, tokenizer, skip_tokens=skip)  # same features
     captum_input = ca.TextTokenInput(prompt, tokenizer, skip_tokens=skip)
 
     def ours() -> torch.Tensor:

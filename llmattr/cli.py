@@ -324,8 +324,12 @@ def load_model(name: str | None, device: Any) -> tuple[Any, Any, str]:
 def make_input(kind: str, prompt: str, tokenizer: Any, baseline: str | None) -> Any:
     from .text.inputs import TextTokenInput, sentences, words
 
+    def tokens(text: str, tok: Any, baselines: str | None) -> Any:
+        # the prompt's own tokens: the tokenizer's BOS/[CLS] are not shown as features
+        return TextTokenInput(text, tok, baselines, include_special_tokens=False)
+
     builders: dict[str, Callable[..., Any]] = {
-        "tokens": TextTokenInput,
+        "tokens": tokens,
         "words": words,
         "sentences": sentences,
     }

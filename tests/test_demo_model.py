@@ -16,6 +16,12 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from llmattr import FeatureAblation, LLMAttribution, TextTokenInput, words  # noqa: E402
+
+
+def no_bos(text: str, tok, **kwargs) -> TextTokenInput:
+    """The prompt's words as features: the BOS token (a feature of Captum's TextTokenInput
+    by default) is skipped."""
+    return TextTokenInput(text, tok, skip_tokens=[tok.bos_token_id], **kwargs)
 from llmattr.demo import (  # noqa: E402
     EVAL_PROMPTS,
     MODEL_DIR,
@@ -119,7 +125,7 @@ def test_eval_prompts_point_at_their_words(demo):
         if ex.task == "copy":  # the rest of the list, to its last word
             assert ex.continuation.split()[-1] == w[w.index(";") - 1]
     ex = examples[0]
-    assert TextTokenInput(ex.prompt, tok).format_tokens() == ex.prompt.split()
+    assert no_bos(ex.prompt, tok).format_tokens() == ex.prompt.split()
     assert words(ex.prompt, tok).format_tokens() == ex.prompt.split()
     assert Example.from_dict(ex.to_dict()) == ex
     with pytest.raises(ValueError, match="Unknown task"):
@@ -135,7 +141,7 @@ def test_ablation_finds_the_decisive_words(demo, task):
     model, tok = demo
     attr = LLMAttribution(FeatureAblation(model), tok)
     for ex in load_eval_prompts(task)[:8]:
-        res = attr.attribute(TextTokenInput(ex.prompt, tok), target=ex.answer)
+        res = attr.attribute(no_bos(ex.prompt, tok), target=ex.answer)
         assert res.output_tokens == [ex.answer]
         ranked = res.seq_attr.argsort(descending=True).tolist()
         assert ex.decisive[0] in ranked[:3]
@@ -194,11 +200,11 @@ def test_words_the_vocabulary_lacks(demo):
     TextTokenInput(prompt, tok, baselines="<unk>")  # the unknown token, asked for by name
     llm = LLMAttribution(FeatureAblation(model), tok)
     with pytest.warns(UserWarning, match="vocabulary lacks.*'<unk>'") as caught:
-        result = llm.attribute(TextTokenInput(prompt, tok), target="zebra")
+        result = llm.attribute(no_bos(prompt, tok), target="zebra")
     assert caught[0].filename == __file__  # points at the caller
     assert result.output_tokens == ["<unk>"]
     with pytest.warns(UserWarning, match="vocabulary lacks") as caught:  # a list of prompts
-        llm.attribute([TextTokenInput(prompt, tok)], target="<unk> zebra")
+        llm.attribute([no_bos(prompt, tok)], target="<unk> zebra")
     assert caught[0].filename == __file__
     assert result.info["target_text"] == "<unk>"
 
@@ -209,7 +215,7 @@ def test_results_record_the_target_as_text(demo):
     from llmattr import LayerIntegratedGradients, LLMGradientAttribution
 
     model, tok = demo
-    inp = TextTokenInput("copy : cat dog sun fish ; copy : cat dog", tok)
+    inp = no_bos("copy : cat dog sun fish ; copy : cat dog", tok)
     lig = LayerIntegratedGradients(model, model.get_input_embeddings())
     for llm in (LLMAttribution(FeatureAblation(model), tok), LLMGradientAttribution(lig, tok)):
         kwargs = {"n_steps": 4} if isinstance(llm, LLMGradientAttribution) else {}

@@ -69,7 +69,8 @@ def test_equals_brute_force_removal(demo, target):
     n = len(prompt_words)
     gen = torch.Generator().manual_seed(0)
     result = _result(torch.randn(n, generator=gen), target)
-    scores = faithfulness(model, tok, TextTokenInput(PROMPT, tok), result, ks=(1, 3, n))
+    inp = TextTokenInput(PROMPT, tok, skip_tokens=[tok.bos_token_id])
+    scores = faithfulness(model, tok, inp, result, ks=(1, 3, n))
     assert isinstance(scores, Faithfulness)
     full = brute_prob(model, tok, prompt_words, set(), target)
     assert scores.prob == pytest.approx(full, rel=1e-4, abs=1e-7)
@@ -88,7 +89,7 @@ def test_a_good_ranking_beats_a_bad_one(demo):
     """FeatureAblation's ranking removes more of the answer than its reverse: the metric tells
     faithful explanations from unfaithful ones."""
     model, tok = demo
-    inp = TextTokenInput(PROMPT, tok)
+    inp = TextTokenInput(PROMPT, tok, skip_tokens=[tok.bos_token_id])
     good = LLMAttribution(FeatureAblation(model), tok).attribute(inp, target="red")
     bad = _result(-good.seq_attr)
     g, b = (faithfulness(model, tok, inp, r, ks=(1, 3)) for r in (good, bad))
@@ -110,7 +111,8 @@ def test_word_features_remove_every_token_of_a_word(demo):
 def test_result_of_another_input_is_refused(demo):
     model, tok = demo
     with pytest.raises(ValueError, match="has 3 features but the input has"):
-        faithfulness(model, tok, TextTokenInput(PROMPT, tok), _result([1.0, 2.0, 3.0]))
+        inp = TextTokenInput(PROMPT, tok, skip_tokens=[tok.bos_token_id])
+        faithfulness(model, tok, inp, _result([1.0, 2.0, 3.0]))
 
 
 # ---- completeness --------------------------------------------------------------------------------
@@ -122,7 +124,7 @@ def test_completeness_holds_for_shapley_estimates(demo):
     from llmattr import KernelShap, ShapleyValueSampling
 
     model, tok = demo
-    inp = TextTokenInput(PROMPT, tok)
+    inp = TextTokenInput(PROMPT, tok, skip_tokens=[tok.bos_token_id])
     expected = brute_prob(model, tok, PROMPT.split(), set(), ("red",))
     absent = brute_prob(model, tok, PROMPT.split(), set(range(len(PROMPT.split()))), ("red",))
     for method, kw in ((ShapleyValueSampling, {"n_samples": 3}), (KernelShap, {"n_samples": 60})):
@@ -138,7 +140,7 @@ def test_completeness_gap_of_integrated_gradients_shrinks_with_steps(demo):
     from llmattr import LayerIntegratedGradients, LLMGradientAttribution
 
     model, tok = demo
-    inp = TextTokenInput(PROMPT, tok)
+    inp = TextTokenInput(PROMPT, tok, skip_tokens=[tok.bos_token_id])
     lig = LLMGradientAttribution(LayerIntegratedGradients(model, model.get_input_embeddings()), tok)
     gaps = [
         abs(completeness(model, tok, inp, lig.attribute(inp, target="red", n_steps=s)).gap)
@@ -152,6 +154,6 @@ def test_feature_ablation_is_not_complete_in_general(demo):
     its effects do not add up, and completeness() says so."""
 
     model, tok = demo
-    inp = TextTokenInput(PROMPT, tok)
+    inp = TextTokenInput(PROMPT, tok, skip_tokens=[tok.bos_token_id])
     result = LLMAttribution(FeatureAblation(model), tok).attribute(inp, target="red")
     assert abs(completeness(model, tok, inp, result).gap) > 0.1

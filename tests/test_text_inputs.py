@@ -68,34 +68,35 @@ def _chat_ids(tok, messages, add_generation_prompt=True) -> list[int]:
 # ---- TextTokenInput ----------------------------------------------------------------------------
 
 
-def test_token_input_features_are_the_non_special_tokens(tok):
+def test_token_input_features_are_every_token_specials_included(tok):
+    # Captum's TextTokenInput: every token the tokenizer produces is a feature, [CLS]/[SEP] too.
     text = "Hello, world. Tokenization works"
     inp = TextTokenInput(text, tok)
     ids = _ids(tok, text)
     assert inp.ids.tolist() == ids
     assert ids[0] == tok.cls_token_id and ids[-1] == tok.sep_token_id
-    assert inp.names == tok.tokenize(text)
-    assert inp.format_tokens() == inp.names
-    n = len(ids) - 2
-    assert inp.n_features == n == inp.n_itp_features
-    assert inp.feature_of_token.tolist() == [-1, *range(n), -1]
-    assert inp.prompt_ids().tolist() == ids
-
-
-def test_token_input_include_special_tokens(tok):
-    text = "Hello, world."
-    inp = TextTokenInput(text, tok, include_special_tokens=True)
-    ids = _ids(tok, text)
-    assert inp.names == tok.convert_ids_to_tokens(ids)
+    assert inp.names == tok.convert_ids_to_tokens(ids) == inp.values
     assert inp.names[0] == "[CLS]" and inp.names[-1] == "[SEP]"
+    assert inp.format_tokens() == inp.names
+    assert inp.n_features == len(ids) == inp.n_itp_features
     assert inp.feature_of_token.tolist() == list(range(len(ids)))
+    assert inp.prompt_ids().tolist() == ids
+    assert inp.itp_mask is None and torch.equal(inp.itp_tensor, inp.inp_tensor)
+
+
+def test_token_input_without_special_tokens_on_request(tok):
+    text = "Hello, world."
+    inp = TextTokenInput(text, tok, include_special_tokens=False)
+    ids = _ids(tok, text)
+    assert inp.names == tok.tokenize(text)
+    assert inp.feature_of_token.tolist() == [-1, *range(len(ids) - 2), -1]
 
 
 def test_token_input_unknown_token_of_the_text_is_a_feature(tok):
     # The emoji is out of vocabulary: [UNK] stands for real text, unlike [CLS]/[SEP].
     text = "I love 🙂 today"
     assert tok.unk_token_id in _ids(tok, text)
-    inp = TextTokenInput(text, tok)
+    inp = TextTokenInput(text, tok, include_special_tokens=False)
     assert inp.names == tok.tokenize(text)
     assert "[UNK]" in inp.names
 
@@ -105,20 +106,23 @@ def test_token_input_skip_tokens_by_id_and_by_string(tok):
     comma = tok.convert_tokens_to_ids(",")
     by_id = TextTokenInput(text, tok, skip_tokens=[comma])
     by_str = TextTokenInput(text, tok, skip_tokens=[","])
-    expected = [t for t in tok.tokenize(text) if t != ","]
+    toks = tok.convert_ids_to_tokens(_ids(tok, text))
+    expected = [t for t in toks if t != ","]
     assert by_id.names == expected
     assert by_str.names == expected
+    assert by_id.skip_tokens == by_str.skip_tokens == [comma]
     assert torch.equal(by_id.feature_of_token, by_str.feature_of_token)
     # The commas are not features: their positions map to -1, the other tokens count up.
-    toks = tok.convert_ids_to_tokens(_ids(tok, text))
     ref, f = [], 0
     for t in toks:
-        if t in ("[CLS]", "[SEP]", ","):
+        if t == ",":
             ref.append(-1)
         else:
             ref.append(f)
             f += 1
     assert by_id.feature_of_token.tolist() == ref
+    assert by_id.itp_mask.tolist() == [[t != "," for t in toks]]
+    assert by_id.itp_tensor.tolist() == [[i for i in _ids(tok, text) if i != comma]]
 
 
 def test_token_input_skip_token_not_in_vocabulary_raises(tok):
@@ -138,7 +142,9 @@ def test_token_input_baselines(tok):
     assert by_id.baseline_ids.tolist() == [mask_id] * n_ids
     assert by_str.baseline_ids.tolist() == [mask_id] * n_ids
     assert word.baseline_ids.tolist() == [tok.convert_tokens_to_ids("dog")] * n_ids
-    assert default.baseline_ids.tolist() == [tok.pad_token_id] * n_ids
+    assert default.baselines == 0  # Captum's default id
+    assert default.baseline_ids.tolist() == [0] * n_ids
+    assert TextTokenInput(text, tok, baselines=None).baselines == tok.pad_token_id
 
 
 def test_token_input_multi_token_baseline_raises(tok):
@@ -159,17 +165,17 @@ def test_token_input_perturbed_ids_replace_exactly_the_absent_tokens(tok):
     assert len(rows) == 6
     assert [r.tolist() for r in rows] == _expected_perturbed(inp, presence, tok.mask_token_id)
     assert rows[0].tolist() == inp.ids.tolist()
-    # All absent: every feature is the baseline, [CLS]/[SEP] are kept.
-    assert rows[1].tolist() == [tok.cls_token_id] + [tok.mask_token_id] * n + [tok.sep_token_id]
+    # All absent: every token, [CLS]/[SEP] included, is the baseline.
+    assert rows[1].tolist() == [tok.mask_token_id] * n
     for row in rows:
         assert row.dtype == torch.long and row.shape == inp.ids.shape
 
 
 def test_token_input_perturbed_ids_shape_checks(tok):
     inp = TextTokenInput("the cat sat", tok, baselines=tok.mask_token_id)
-    one = inp.perturbed_ids(torch.tensor([1.0, 0.0, 1.0]))
+    one = inp.perturbed_ids(torch.tensor([1.0, 1.0, 0.0, 1.0, 1.0]))
     assert len(one) == 1
-    assert one[0].tolist() == _expected_perturbed(inp, torch.tensor([[1, 0, 1]]), 103)[0]
+    assert one[0].tolist() == _expected_perturbed(inp, torch.tensor([[1, 1, 0, 1, 1]]), 103)[0]
     with pytest.raises(ValueError, match="shape"):
         inp.perturbed_ids(torch.ones(2, inp.n_features + 1))
 
@@ -177,17 +183,17 @@ def test_token_input_perturbed_ids_shape_checks(tok):
 def test_token_input_to_tensor(tok):
     inp = TextTokenInput("the cat sat on the mat", tok)
     t = inp.to_tensor()
-    assert t.shape == (1, 6) == (1, inp.n_features)
-    assert torch.equal(t, torch.ones(1, 6))
+    assert t.shape == (1, 8) == (1, inp.n_features)  # 6 words, [CLS] and [SEP]
+    assert torch.equal(t, torch.ones(1, 8, dtype=torch.long))  # Captum's: ones_like(ids)
 
 
 def test_token_input_empty_prompt_raises(tok):
     with pytest.raises(ValueError, match="empty"):
         TextTokenInput("", tok)
-    with pytest.raises(ValueError, match="No token"):
+    with pytest.raises(ValueError, match="empty"):
         TextTokenInput("   ", tok)
     with pytest.raises(ValueError, match="No token"):
-        TextTokenInput("the", tok, skip_tokens=["the"])
+        TextTokenInput("the", tok, skip_tokens=["the", "[CLS]", "[SEP]"])
 
 
 # ---- words / sentences / spans -----------------------------------------------------------------
@@ -428,15 +434,34 @@ def test_template_mask_groups_values(mask):
     inp = TextTemplateInput(
         "{} and {} live in {}", ["Alice", "Bob", "Paris"], baselines=["X", "Y", "Z"], mask=mask
     )
-    assert inp.n_features == 2
+    assert inp.n_itp_features == 2 and inp.n_features == 3
+    assert inp.values == ["Alice", "Bob", "Paris"]  # one attribution per value (Captum's)
     assert inp.names == ["Alice Bob", "Paris"]
     assert inp.to_tensor().shape == (1, 2)
     assert inp.text_for([False, True]) == "X and Y live in Paris"
     assert inp.text_for([True, False]) == "Alice and Bob live in Z"
+    assert inp.to_model_input(torch.tensor([[0, 1]])) == "X and Y live in Paris"
+    assert inp.to_model_input() == "Alice and Bob live in Paris"
+    # format_attr gives each value its group's attribution
+    attr = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    assert inp.format_attr(attr).tolist() == [[1.0, 1.0, 2.0], [3.0, 3.0, 4.0]]
     # Feature ids need not follow value order.
     swapped = TextTemplateInput("{} and {} live in {}", ["Alice", "Bob", "Paris"], mask=[1, 0, 1])
     assert swapped.names == ["Bob", "Alice Paris"]
     assert swapped.text_for([True, False]) == " and Bob live in "
+
+
+def test_template_mask_ids_are_arbitrary_and_dict_masks_name_values():
+    inp = TextTemplateInput(
+        "{name} lives in {city}, {state}. {pronoun} works",
+        {"name": "Dave", "city": "Palm Coast", "state": "FL", "pronoun": "He"},
+        baselines={"name": "Sarah", "city": "Seattle", "state": "WA", "pronoun": "She"},
+        mask={"name": 7, "city": -3, "state": -3, "pronoun": 7},
+    )
+    assert inp.n_itp_features == 2 and inp.mask == [7, -3, -3, 7]
+    assert inp.formatted_mask == [1, 0, 0, 1]  # interpretable features ordered by id
+    assert inp.to_model_input(torch.tensor([[1, 0]])) == "Sarah lives in Palm Coast, FL. She works"
+    assert inp.format_attr(torch.tensor([[0.5, 2.0]])).tolist() == [[2.0, 0.5, 0.5, 2.0]]
 
 
 def test_template_errors():
@@ -447,15 +472,15 @@ def test_template_errors():
     with pytest.raises(ValueError, match="city"):
         TextTemplateInput("{name} lives in {city}", {"name": "Alice"})
     with pytest.raises(ValueError, match="mask"):
-        TextTemplateInput("{} {}", ["a", "b"], mask=[0, 2])  # id 1 missing
-    with pytest.raises(ValueError, match="mask"):
         TextTemplateInput("{} {}", ["a", "b"], mask=[0])  # one id for two values
-    with pytest.raises(ValueError, match="mask"):
-        TextTemplateInput("{} {}", ["a", "b"], mask=[-1, 0])
+    with pytest.raises(AssertionError, match="mask"):  # Captum's error type too
+        TextTemplateInput("{a} {b}", {"a": "x", "b": "y"}, mask={"a": 0})
     with pytest.raises(ValueError, match="3 baselines for 2 values"):
         TextTemplateInput("{} {}", ["a", "b"], baselines=["x", "y", "z"])
     with pytest.raises(ValueError, match="No values"):
         TextTemplateInput(lambda: "x", [])
+    with pytest.raises(ValueError, match="values must be"):
+        TextTemplateInput("{}", "abc")
     inp = TextTemplateInput("{} {}", ["a", "b"])
     with pytest.raises(ValueError, match="keep"):
         inp.text_for([True])
@@ -516,7 +541,7 @@ def test_product_baselines_reproducible_and_varying():
     assert first == again
     # Each trial's text is one draw of the same ProductBaselines.
     ref = ProductBaselines(CHOICES, seed=3)
-    assert first == ["{name} lives in {city}".format(**ref.sample()) for _ in range(8)]
+    assert first == ["{name} lives in {city}".format(**ref()) for _ in range(8)]
     for text in first:
         name, city = text.split(" lives in ")
         assert name in CHOICES["name"] and city in CHOICES["city"]
@@ -546,3 +571,31 @@ def test_product_baselines_must_match_the_values():
     positional = TextTemplateInput("{} {}", ["a", "b"], baselines=ProductBaselines([["x"]]))
     with pytest.raises(ValueError, match="1 values"):
         positional.new_trial()
+
+
+def test_product_baselines_tuple_keys_split_into_fields():
+    # Captum's tutorial: a name and its pronoun are drawn together.
+    pb = ProductBaselines(
+        {
+            ("name", "pronoun"): [("Sarah", "Her"), ("John", "His")],
+            "city": ["Seattle", "Boston"],
+        },
+        seed=1,
+    )
+    draws = [pb() for _ in range(20)]
+    for d in draws:
+        assert set(d) == {"name", "pronoun", "city"}
+        assert (d["name"], d["pronoun"]) in [("Sarah", "Her"), ("John", "His")]
+    assert len({d["name"] for d in draws}) == 2 and len({d["city"] for d in draws}) == 2
+    inp = TextTemplateInput(
+        "{name} lives in {city}. {pronoun} job",
+        {"name": "Dave", "city": "Palm Coast", "pronoun": "His"},
+        baselines=pb,
+        mask={"name": 0, "city": 1, "pronoun": 0},
+    )
+    for _ in range(5):
+        inp.new_trial()
+        text = inp.text_for([False, True])
+        assert text in ("Sarah lives in Palm Coast. Her job", "John lives in Palm Coast. His job")
+    with pytest.raises(ValueError, match="tuple of 2"):
+        ProductBaselines({("name", "pronoun"): ["Sarah"]})

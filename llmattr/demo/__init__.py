@@ -9,7 +9,9 @@ the package, in well under a second::
     example = load_eval_prompts("recall")[0]   # .prompt, .answer, .decisive (word indices)
 
 The tokenizer is word-level (one token per word, BOS prepended), so word ``i`` of
-``example.prompt.split()`` is feature ``i`` of ``TextTokenInput(example.prompt, tokenizer)``.
+``example.prompt.split()`` is feature ``i`` of
+``TextTokenInput(example.prompt, tokenizer, skip_tokens=[tokenizer.bos_token_id])`` (as in Captum,
+``TextTokenInput`` makes the BOS token a feature unless it is skipped).
 """
 
 from __future__ import annotations

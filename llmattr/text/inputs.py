@@ -1,14 +1,17 @@
 """Text features: which parts of a prompt are the features an LLM attribution credits.
 
 Every input here turns a presence vector (which features are kept) into the token ids of the
-perturbed prompt. Features are never special tokens (BOS, chat-template markers) unless asked.
+perturbed prompt.
 
-* :class:`TextTokenInput` — every token is a feature (Captum's); absent tokens become a baseline
-  token, so lengths never change.
+* :class:`TextTokenInput` — every token the tokenizer produces is a feature, special tokens
+  (BOS, ``[CLS]``) included, as in Captum (``skip_tokens`` leaves some out); absent tokens become
+  a baseline token, so lengths never change.
 * :class:`TextSpanInput` — any character spans of a text are the features, with the tokens they
   cover replaced by a baseline token. :func:`words`, :func:`sentences` and :func:`chat_turns` build
   it for the usual granularities (words from the tokenizer's offsets, sentences from punctuation,
-  the messages of a chat rendered with the tokenizer's chat template).
+  the messages of a chat rendered with the tokenizer's chat template). These builders are
+  llmattr's own: the special tokens the tokenizer adds (BOS, ``[CLS]``, chat-template markup)
+  are never features of them.
 
 Choosing baselines: the baseline is what "absent" means, and attributions are only as meaningful
 as that choice. Replacing a token by a neutral token of the same length (a pad, ``<unk>`` or a
@@ -26,6 +29,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from .._core.errors import InputError
 
 __all__ = [
     "TextSpanInput",
@@ -47,27 +52,42 @@ def unknown_text(tokenizer: Any, text: str, ids: Sequence[int]) -> bool:
 
 
 def _baseline_id(tokenizer: Any, baseline: int | str | None) -> int:
-    """One token id for a baseline given as an id, a one-token string, or None (pad / unk)."""
+    """One token id for a baseline given as an id, a token string or one-token text, or None.
+
+    A string is first looked up as a token of the vocabulary (``"<unk>"``, ``"Ġthe"``), as
+    Captum does; a string that is no such token is encoded as text and must be one token
+    (``" the"``). None means the pad token, else unk, else eos."""
     if baseline is None:
         for name in ("pad_token_id", "unk_token_id", "eos_token_id"):
             value = getattr(tokenizer, name, None)
             if value is not None:
                 return int(value)
         return 0
+    if isinstance(baseline, bool) or not isinstance(baseline, int | str):
+        raise InputError(
+            f"baselines must be a token id (int) or a token string, got {type(baseline).__name__}."
+        )
     if isinstance(baseline, int):
         return baseline
+    unk = getattr(tokenizer, "unk_token", None)
+    unk_id = getattr(tokenizer, "unk_token_id", None)
+    to_ids = getattr(tokenizer, "convert_tokens_to_ids", None)
+    if to_ids is not None:
+        tid = to_ids(baseline)
+        if isinstance(tid, int) and (tid != unk_id or baseline == unk):
+            return tid
     ids = tokenizer.encode(baseline, add_special_tokens=False)
     if len(ids) != 1:
-        raise ValueError(
+        raise InputError(
             f"The baseline string {baseline!r} is {len(ids)} tokens for this tokenizer; a token "
             "baseline must be exactly one token (it replaces one token, keeping positions). Use "
             "a token id, a one-token string, or TextTemplateInput for replacement strings."
         )
     if unknown_text(tokenizer, baseline, ids):
-        raise ValueError(
+        raise InputError(
             f"The baseline string {baseline!r} is not in this tokenizer's vocabulary: it encodes "
-            f"to the unknown token {tokenizer.unk_token!r}. Pass a word the vocabulary has, or "
-            f"{tokenizer.unk_token!r} itself if the unknown token is the baseline you want."
+            f"to the unknown token {unk!r}. Pass a word the vocabulary has, or "
+            f"{unk!r} itself if the unknown token is the baseline you want."
         )
     return int(ids[0])
 
@@ -153,56 +173,87 @@ class _TokenFeatures:
     def format_tokens(self) -> list[str]:
         return self.names
 
+    def to_model_input(self, perturbed_tensor: Tensor | None = None) -> Tensor:
+        """Token ids the model reads (Captum's interface): ``(1, n_tokens)`` for the prompt
+        when ``perturbed_tensor`` is None, else ``(k, n_tokens)`` for the ``(k, n_itp_features)``
+        presence rows (a feature whose value is not 1 is absent, replaced by the baseline)."""
+        if perturbed_tensor is None:
+            return self.ids.unsqueeze(0)
+        rows = _presence_rows(torch.as_tensor(perturbed_tensor) == 1, self.n_features)
+        return torch.stack(self.perturbed_ids(rows)).to(torch.as_tensor(perturbed_tensor).device)
+
+    def format_attr(self, itp_attr: Tensor) -> Tensor:
+        """Attributions per feature, unchanged (one feature per column already)."""
+        return itp_attr
+
 
 class TextTokenInput(_TokenFeatures):
-    """Every token of ``text`` is a feature (Captum's ``TextTokenInput``).
+    """Every token the tokenizer produces is a feature (Captum's ``TextTokenInput``).
+
+    As in Captum, the tokens the tokenizer adds (BOS, ``[CLS]``, ``[SEP]``) are features too;
+    pass them in ``skip_tokens`` to leave them out (``skip_tokens=[tokenizer.bos_token_id]``).
+    The tokenizer is used only through ``encode`` and ``convert_ids_to_tokens`` (and
+    ``convert_tokens_to_ids`` for tokens given as strings), so any tokenizer with those works.
 
     Args:
-        text: the prompt.
-        tokenizer: a Hugging Face tokenizer.
-        baselines: the replacement token: an id, a one-token string, or None (the pad, else
-            unk, else eos token). Every absent token is replaced by exactly one baseline token,
-            so positions never shift; a string of several tokens is an error (use
-            :class:`TextTemplateInput` to replace text by text of another length).
-        skip_tokens: tokens (ids or strings) that are never features. Special tokens added by the
-            tokenizer (BOS, ...) are skipped unless ``include_special_tokens``.
-        include_special_tokens: make special tokens features too.
+        text: the prompt (encoded with ``tokenizer.encode(text)``).
+        tokenizer: the model's tokenizer.
+        baselines: the replacement of an absent token: a token id (default 0, Captum's), a
+            token string of the vocabulary (``"<unk>"``), a text of exactly one token, or None
+            (the pad token, else unk, else eos). Each absent token becomes one baseline token,
+            so positions never shift.
+        skip_tokens: tokens (ids or token strings) that are never features; they stay in the
+            prompt, unperturbed.
+        include_special_tokens: False also skips every special token of the tokenizer
+            (``tokenizer.all_special_ids``, except unk, which stands for real text).
+
+    Attributes (Captum's): ``inp_tensor`` ``(1, n_tokens)`` ids, ``itp_tensor``
+    ``(1, n_itp_features)`` ids of the features, ``itp_mask`` ``(1, n_tokens)`` bool (None when
+    no token is skipped), ``values`` the features' token strings, ``n_itp_features``,
+    ``baselines`` (the baseline id) and ``skip_tokens`` (ids, or None).
     """
 
     def __init__(
         self,
         text: str,
         tokenizer: Any,
-        baselines: int | str | None = None,
+        baselines: int | str | None = 0,
         skip_tokens: Sequence[int | str] | None = None,
-        include_special_tokens: bool = False,
+        *,
+        include_special_tokens: bool = True,
     ) -> None:
+        if not isinstance(text, str):
+            raise InputError(f"text must be a str, got {type(text).__name__}.")
+        if not text.strip():
+            raise InputError("The prompt is empty: there is nothing to attribute.")
         self.text = text
         self.tokenizer = tokenizer
-        enc = _encode(tokenizer, text)
-        self.ids = torch.tensor(enc["input_ids"], dtype=torch.long)
-        skip = {_skip_token_id(tokenizer, s) for s in skip_tokens or ()}
-        added = [bool(m) for m in enc["special_tokens_mask"]]
+        self.ids = torch.as_tensor(tokenizer.encode(text), dtype=torch.long).reshape(-1)
+        skip_ids = [_skip_token_id(tokenizer, s) for s in skip_tokens or ()]
+        skip = set(skip_ids)
         if not include_special_tokens:
-            # Special tokens (BOS, chat markers) are not features; an unknown-token id stands
-            # for real text (an emoji, a rare character) and stays one.
+            # an unknown-token id stands for real text (an emoji, a rare character): keep it
             special = set(getattr(tokenizer, "all_special_ids", []) or [])
             special.discard(getattr(tokenizer, "unk_token_id", None))
             skip |= special
-        else:
-            added = [False] * len(added)
-        is_feature = torch.tensor(
-            [int(i) not in skip and not a for i, a in zip(self.ids.tolist(), added)],
-            dtype=torch.bool,
-        )
+        is_feature = torch.tensor([int(i) not in skip for i in self.ids.tolist()], dtype=torch.bool)
+        if not bool(is_feature.any()):
+            raise InputError(
+                "No token of the prompt is a feature (all were skipped); skip fewer tokens."
+            )
         self.feature_of_token = torch.full_like(self.ids, -1)
         self.feature_of_token[is_feature] = torch.arange(int(is_feature.sum()))
-        self.names = [
-            t for t, f in zip(tokenizer.convert_ids_to_tokens(self.ids.tolist()), is_feature) if f
-        ]
-        if not self.names:
-            raise ValueError("No token of the prompt is a feature (all were skipped).")
-        self.baseline_ids = torch.full_like(self.ids, _baseline_id(tokenizer, baselines))
+        self.inp_tensor = self.ids.unsqueeze(0)
+        self.itp_tensor = self.ids[is_feature].unsqueeze(0)
+        self.itp_mask: Tensor | None = None if bool(is_feature.all()) else is_feature.unsqueeze(0)
+        self.skip_tokens: list[int] | None = skip_ids or None
+        self.names = list(tokenizer.convert_ids_to_tokens(self.itp_tensor[0].tolist()))
+        self.baselines = _baseline_id(tokenizer, baselines)
+        self.baseline_ids = torch.full_like(self.ids, self.baselines)
+
+    def to_tensor(self) -> Tensor:
+        """``(1, n_itp_features)`` ones (long, as Captum's): every token present."""
+        return torch.ones_like(self.itp_tensor)
 
 
 class TextSpanInput(_TokenFeatures):

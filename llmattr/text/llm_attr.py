@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from .._core.base import Attribution
+from .._core.errors import InputError
 from ..attr.ablation import FeatureAblation
 from ..attr.lime import KernelShap, Lime
 from ..attr.shapley import ShapleyValues, ShapleyValueSampling
@@ -41,9 +42,40 @@ __all__ = ["LLMAttribution"]
 
 TextInput = _TokenFeatures | TextTemplateInput
 _PERTURBATION = (FeatureAblation, ShapleyValueSampling, ShapleyValues, Lime, KernelShap)
+# the methods that credit every target token separately (Captum's list): Lime and KernelShap
+# fit one surrogate, to the whole target's score, and leave token_attr None
+_PER_TOKEN = (FeatureAblation, ShapleyValueSampling, ShapleyValues)
 # arguments of the wrapped method that LLMAttribution sets itself
 _SET_BY_US = frozenset({"target", "baselines", "feature_mask", "additional_forward_args"})
 PROMPTS_PER_CALL = 256  # perturbed prompts handed to the scorer at once when sized automatically
+
+
+class UnsupportedError(InputError, TypeError):
+    """A method or input LLMAttribution does not take: a ``TypeError`` (the Python convention)
+    that is also the ``AssertionError`` Captum's ``assert`` raises there."""
+
+
+def output_token_texts(tokenizer: Any, ids: Tensor | Sequence[int]) -> list[str]:
+    """Each target token as readable text (Captum's ``output_tokens``): the text its id adds to
+    the decoded target (``"Ġworld"`` → ``"world"``), with line breaks written ``\\n`` and
+    surrounding spaces stripped. Falls back to the raw tokens if the tokenizer cannot decode."""
+    ids = [int(i) for i in torch.as_tensor(ids).reshape(-1).tolist()]
+    try:
+        texts, before = [], ""
+        for k in range(len(ids)):
+            # decoding in context: a token's spelling (a leading space, a byte of a character)
+            # depends on the tokens before it
+            now = str(tokenizer.decode(ids[: k + 1]))
+            common = 0
+            for a, b in zip(before, now):
+                if a != b:
+                    break
+                common += 1
+            texts.append(now[common:].replace("\n", "\\n").strip())
+            before = now
+        return texts
+    except (TypeError, ValueError, AttributeError, NotImplementedError):
+        return list(tokenizer.convert_ids_to_tokens(ids))
 
 
 def _pad_id(tokenizer: Any) -> int:
@@ -147,13 +179,13 @@ class LLMAttribution(Attribution):
         self, attr_method: Attribution, tokenizer: Any, attr_target: str = "log_prob"
     ) -> None:
         if not isinstance(attr_method, _PERTURBATION):
-            raise TypeError(
+            raise UnsupportedError(
                 "LLMAttribution takes FeatureAblation, ShapleyValueSampling, ShapleyValues, Lime "
                 f"or KernelShap, got {type(attr_method).__name__}; for gradient methods use "
                 "LLMGradientAttribution."
             )
         if attr_target not in ("log_prob", "prob"):
-            raise ValueError(f"attr_target must be 'log_prob' or 'prob', got {attr_target!r}.")
+            raise InputError(f"attr_target must be 'log_prob' or 'prob', got {attr_target!r}.")
         model = attr_method.forward_func
         if not isinstance(model, nn.Module):
             raise TypeError("The attribution method must be built on the model (an nn.Module).")
@@ -162,6 +194,7 @@ class LLMAttribution(Attribution):
         self.attr_method = attr_method
         self.tokenizer = tokenizer
         self.attr_target = attr_target
+        self.include_per_token_attr = isinstance(attr_method, _PER_TOKEN)
 
     def attribute(
         self,
@@ -192,7 +225,8 @@ class LLMAttribution(Attribution):
             skip_tokens: target tokens to leave out: ids, or token strings of the vocabulary
                 (as ``tokenizer.tokenize`` spells them; any other string is an error).
             num_trials: repeat with fresh baselines (``ProductBaselines``) and average.
-            gen_args: arguments of ``model.generate`` when ``target`` is None.
+            gen_args: arguments of ``model.generate`` when ``target`` is None (default: 25
+                new tokens, greedy); giving it with a target is an error, as in Captum.
             use_cached_outputs: accepted for Captum compatibility; changes nothing.
             forward_in_tokens: accepted for Captum compatibility; changes nothing. Captum's two
                 modes (token by token, or one teacher-forced forward) should agree but do not
@@ -206,10 +240,14 @@ class LLMAttribution(Attribution):
                 ``show_progress``, ``generator``, ...); a name it does not take is an error.
 
         Returns:
-            An :class:`LLMAttributionResult` (a list for a list of inputs).
+            An :class:`LLMAttributionResult` (a list for a list of inputs): ``seq_attr``
+            ``(n_values,)``, ``token_attr`` ``(n_target_tokens, n_values)`` (None for Lime and
+            KernelShap), ``input_tokens`` the input's ``values`` (tokens, words, template
+            values — a grouped template value gets its group's attribution), ``output_tokens``
+            the target tokens as text, ``output_probs``, and ``inp``.
         """
         if isinstance(inp, str):
-            raise TypeError(
+            raise UnsupportedError(
                 "Wrap the prompt in a text input: TextTokenInput(prompt, tokenizer), "
                 "words(prompt, tokenizer), TextTemplateInput(template, values), ..."
             )
@@ -231,9 +269,14 @@ class LLMAttribution(Attribution):
         kwargs: dict[str, Any],
     ) -> LLMAttributionResult:
         if not isinstance(inp, _TokenFeatures | TextTemplateInput):
-            raise TypeError(
+            raise UnsupportedError(
                 "LLMAttribution takes TextTokenInput, TextTemplateInput, TextSpanInput (words(), "
                 f"sentences(), chat_turns()) or a list of them, got {type(inp).__name__}."
+            )
+        if target is not None and gen_args is not None:
+            raise InputError(
+                "gen_args is only used to generate the target when target is None; drop "
+                "gen_args or target."
             )
         _check_kwargs(self.attr_method, kwargs, set())
         for bad in sorted(_SET_BY_US):
@@ -262,6 +305,7 @@ class LLMAttribution(Attribution):
             foil_ids = _target_ids(self.model, self.tokenizer, prompt, foil, None, skip_tokens)
             foil_scorer = Scorer(self.model, prompt, foil_ids, pad, rows_per_forward)
         prob = self.attr_target == "prob"
+        per_token = self.include_per_token_attr
 
         def forward(presence: Tensor) -> Tensor:
             rows = inp.perturbed_ids(presence)
@@ -269,29 +313,38 @@ class LLMAttribution(Attribution):
             total = logp.sum(1)
             if foil_scorer is not None:
                 total = total - foil_scorer.score(rows).sum(1)
+            total = total.exp() if prob else total
+            if not per_token:
+                return total  # one score per prompt: Lime's and KernelShap's surrogate target
             tokens = logp.exp() if prob else logp
-            return torch.cat([(total.exp() if prob else total).unsqueeze(1), tokens], 1)
+            return torch.cat([total.unsqueeze(1), tokens], 1)
 
         method = copy.copy(self.attr_method)
         method.forward_func = forward
+        n_rows = 1 + target_ids.numel() if per_token else 1
         trials = []
         for _ in range(max(int(num_trials), 1)):
             if isinstance(inp, TextTemplateInput):
                 inp.new_trial()
             out = method.attribute(  # type: ignore[attr-defined]
-                inp.to_tensor(), baselines=0.0, perturbations_per_eval=prompts_per_call, **kwargs
+                inp.to_tensor().float(),
+                baselines=0.0,
+                perturbations_per_eval=prompts_per_call,
+                **kwargs,
             )
-            trials.append(cast(Tensor, out))
-        attr = torch.stack(trials).mean(0)[0]  # (1 + K, n_features)
+            trials.append(cast(Tensor, out).reshape(n_rows, -1))
+        # (1 + K, n_itp_features), then one column per value for a grouped template
+        attr = inp.format_attr(torch.stack(trials).mean(0))
         info = target_info(self.tokenizer, target_ids)
         if foil_scorer is not None:
             info["foil_tokens"] = self.tokenizer.convert_ids_to_tokens(foil_scorer.target.tolist())
         return LLMAttributionResult(
             seq_attr=attr[0],
-            token_attr=attr[1:],
-            input_tokens=inp.format_tokens(),
-            output_tokens=self.tokenizer.convert_ids_to_tokens(target_ids.tolist()),
+            token_attr=attr[1:] if per_token else None,
+            input_tokens=list(inp.values),
+            output_tokens=output_token_texts(self.tokenizer, target_ids),
             output_probs=scorer.original.exp(),
             method=type(self.attr_method).__name__,
             info=info,
+            inp=inp,
         )

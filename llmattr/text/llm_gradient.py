@@ -1,6 +1,13 @@
-"""Gradient LLM attribution: integrated gradients, gradient × activation or GradientShap in a
-Hugging Face model's input-embedding space, with one forward per evaluation point shared by every
-target token (each target position backpropagates only its own output layer).
+"""Gradient LLM attribution: integrated gradients, gradient × activation or GradientShap of a
+language model's target log-probabilities, credited to its prompt's tokens/features.
+
+Two paths give the same numbers (up to float rounding):
+
+* the fast path, for a ``transformers`` decoder-only model with the method on its input
+  embedding: one forward per evaluation point shared by every target token (each target position
+  backpropagates only its own output layer);
+* the general path (:mod:`.gradient_any`), for any ``nn.Module`` and any layer: Captum's
+  evaluation, one attribution per target token on ``prompt + target[:k]``.
 """
 
 from __future__ import annotations
@@ -15,65 +22,92 @@ from torch import Tensor, nn
 
 from .._core.base import Attribution
 from .._core.batching import ChunkSize, check_chunk_size, run_in_chunks
+from .._core.errors import InputError
 from .._core.hooks import registered
 from .._core.layers import LayerCut
 from .._core.progress import progress
 from ..attr.integrated_gradients import step_rule
 from ..attr.layer import LayerGradientXActivation, LayerIntegratedGradients
 from ..attr.layer_path import LayerGradientShap
+from .gradient_any import (
+    MethodOrInputError,
+    TokenLogProb,
+    check_baselines,
+    general_attributions,
+    target_tokens,
+)
 from .inputs import _TokenFeatures
-from .llm_attr import _pad_id, _target_ids, target_info
+from .llm_attr import _pad_id, target_info
 from .result import LLMAttributionResult
 from .scorer import Scorer, model_device, rows_that_fit
 
 __all__ = ["LLMGradientAttribution"]
 
 _GRADIENT = (LayerIntegratedGradients, LayerGradientXActivation, LayerGradientShap)
+# the wrapped method's arguments LLMGradientAttribution passes on
+_ALLOWED = {
+    LayerIntegratedGradients: {
+        "n_steps", "method", "internal_batch_size", "baselines", "attribute_to_layer_input"
+    },
+    LayerGradientXActivation: {"attribute_to_layer_input"},
+    LayerGradientShap: {
+        "n_samples", "stdevs", "internal_batch_size", "baselines", "attribute_to_layer_input"
+    },
+}  # fmt: skip
 
 
 class LLMGradientAttribution(Attribution):
     """Gradient-based attribution of a language model's output to its prompt's tokens/features.
 
-    The method works in the embedding space: the prompt's embeddings move from the baseline's
-    (the baseline token at every feature position) to the prompt's; target tokens stay fixed.
-    Every evaluation point runs one forward for all target tokens, then one backward each.
-    It supports decoder-only models (an encoder-decoder shares its embedding between its two
-    halves: use :class:`LLMAttribution` for those). A float64 model gets float64 attributions.
+    For each target token ``k`` the explained function is ``log p(target[k])`` given the prompt
+    and ``target[:k]``; the wrapped method attributes it to the activations of its layer (the
+    layer's baseline activation is the one of the prompt with every feature at its baseline
+    token; target tokens are never perturbed), and each prompt position's attribution is summed
+    over the layer's other dimensions. Features made of several tokens (``words()``) sum their
+    tokens.
+
+    Works on any ``nn.Module`` whose ``model(ids)`` gives logits (``.logits`` or a tensor
+    ``(batch, seq, vocab)``), with the method on any of its layers whose output is
+    ``(batch, seq, ...)``. A ``transformers`` decoder-only model with the method on its input
+    embedding takes a fast path (one forward per evaluation point for all target tokens). A
+    float64 model gets float64 attributions.
 
     Args:
-        attr_method: LayerIntegratedGradients, LayerGradientXActivation or LayerGradientShap on
-            the model's input embedding layer.
+        attr_method: LayerIntegratedGradients, LayerGradientXActivation or LayerGradientShap
+            built on the model, e.g. ``LayerIntegratedGradients(model, model.emb)``.
         tokenizer: the model's tokenizer.
+
+    Raises:
+        MethodOrInputError: another method, or a method not built on an ``nn.Module``.
+        InputError: an encoder-decoder model (its two halves share the embedding; use
+            :class:`LLMAttribution`).
     """
 
     def __init__(self, attr_method: Attribution, tokenizer: Any) -> None:
         if not isinstance(attr_method, _GRADIENT):
-            raise TypeError(
+            raise MethodOrInputError(
                 "LLMGradientAttribution takes LayerIntegratedGradients, LayerGradientXActivation "
-                f"or LayerGradientShap, got {type(attr_method).__name__}."
+                f"or LayerGradientShap, got {type(attr_method).__name__}; for perturbation "
+                "methods (FeatureAblation, ...) use LLMAttribution."
             )
         model = attr_method.forward_func
-        if not isinstance(model, nn.Module) or not hasattr(model, "get_input_embeddings"):
-            raise TypeError("The attribution method must be built on a transformers model.")
+        if not isinstance(model, nn.Module):
+            raise MethodOrInputError(
+                "LLMGradientAttribution needs the method built on the model itself (an "
+                f"nn.Module), got a {type(model).__name__}: it calls model(ids) and "
+                "model.generate."
+            )
         if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
-            raise ValueError(
+            raise InputError(
                 "LLMGradientAttribution supports decoder-only models (the encoder and decoder of "
                 f"{type(model).__name__} share its input embedding); use LLMAttribution with a "
                 "perturbation method for encoder-decoder models."
-            )
-        embedding, _ = _embedding_layers(model)
-        layer = attr_method.layer
-        if layer is not embedding:
-            raise ValueError(
-                f"LLMGradientAttribution attributes through the input embedding; the method's "
-                f"layer is {type(layer).__name__}, not model.get_input_embeddings() "
-                f"({type(embedding).__name__}). Build it as "
-                f"{type(attr_method).__name__}(model, model.get_input_embeddings())."
             )
         super().__init__(model)
         self.model = model
         self.attr_method = attr_method
         self.tokenizer = tokenizer
+        self.device = model_device(model)
 
     def attribute(
         self,
@@ -94,25 +128,47 @@ class LLMGradientAttribution(Attribution):
             inp: a token-level text input (``TextTokenInput``, ``words(...)``, ...) or a list.
             target: the continuation (string, ids, or None to generate with ``gen_args``); a
                 string is tokenized without special tokens, as in :meth:`LLMAttribution.attribute`.
-            skip_tokens: target tokens to leave out (ids, or token strings of the vocabulary).
-            gen_args: arguments of ``model.generate``.
-            show_progress: a tqdm bar over the path points (integration steps or samples)
-                evaluated, one bar per input (an llmattr addition).
-            **kwargs: the method's arguments: ``n_steps``, ``method``, ``internal_batch_size``
-                (LayerIntegratedGradients), ``n_samples``, ``stdevs``, ``internal_batch_size``
-                (LayerGradientShap). ``internal_batch_size`` None or ``"auto"`` (default)
-                evaluates as many path points per forward as fit in memory (on the CPU within a
-                2 GiB budget) and halves on out-of-memory, so long prompts run in chunks; an int
-                fixes it. Results do not depend on it. Any other name is an error.
+            gen_args: arguments of ``model.generate`` when ``target`` is None (giving them with
+                a target is an error, as in Captum).
+            skip_tokens: target tokens to leave out (ids, or token strings of the vocabulary;
+                an llmattr addition).
+            show_progress: a tqdm bar, one per input (an llmattr addition): over the path
+                points (integration steps or samples) on the fast path, over the target tokens
+                on the general path.
+            **kwargs: the method's arguments: ``baselines`` (the presence of each feature at the
+                baseline, Captum's interpretable baseline: 0 (default) puts the input's baseline
+                token, 1 keeps the token; a scalar or ``(1, n_features)``),
+                ``attribute_to_layer_input``, and ``n_steps``, ``method``,
+                ``internal_batch_size`` (LayerIntegratedGradients) or ``n_samples``, ``stdevs``,
+                ``internal_batch_size`` (LayerGradientShap). ``internal_batch_size`` None or
+                ``"auto"`` (default) evaluates as many path points per forward as fit in memory
+                and halves on out-of-memory; an int fixes it. Results do not depend on it. Any
+                other name is an error.
 
         Returns:
-            An :class:`LLMAttributionResult`; ``token_attr`` rows sum (with the non-feature
-            tokens, whose baseline is themselves) to each target token's log-probability change.
+            An :class:`LLMAttributionResult` (a list for a list of inputs): ``token_attr``
+            ``(n_target_tokens, n_features)``, ``seq_attr`` its column sums, ``output_probs``
+            the target tokens' probabilities (Captum leaves it None).
         """
         kwargs = {**kwargs, "show_progress": bool(show_progress)}
         if isinstance(inp, list | tuple):
             return [self._attribute_one(i, target, skip_tokens, gen_args, kwargs) for i in inp]
         return self._attribute_one(inp, target, skip_tokens, gen_args, kwargs)
+
+    def _fast_path(self, kwargs: dict[str, Any]) -> bool:
+        """Whether the shared-forward embedding path applies (it gives the same numbers)."""
+        get_embedding = getattr(self.model, "get_input_embeddings", None)
+        if not callable(get_embedding) or not callable(getattr(self.model, "generate", None)):
+            return False
+        try:
+            embedding = get_embedding()
+        except (NotImplementedError, AttributeError):
+            return False
+        return (
+            self.attr_method.layer is embedding
+            and self.attr_method.multiplies_by_inputs
+            and not kwargs.get("attribute_to_layer_input", False)
+        )
 
     def _attribute_one(
         self,
@@ -125,43 +181,54 @@ class LLMGradientAttribution(Attribution):
         kwargs = dict(kwargs)
         show_progress = bool(kwargs.pop("show_progress", False))
         if not isinstance(inp, _TokenFeatures):
-            raise TypeError(
+            raise MethodOrInputError(
                 "LLMGradientAttribution needs token-level features (TextTokenInput, words(), "
-                "sentences(), chat_turns()); a template changes the prompt's tokens."
+                f"sentences(), chat_turns()), got {type(inp).__name__}; a template changes the "
+                "prompt's tokens (use LLMAttribution for TextTemplateInput)."
             )
-        allowed = {
-            LayerIntegratedGradients: {"n_steps", "method", "internal_batch_size"},
-            LayerGradientXActivation: set(),
-            LayerGradientShap: {"n_samples", "stdevs", "internal_batch_size"},
-        }[type(self.attr_method)]  # type: ignore[index]
+        allowed = _ALLOWED[type(self.attr_method)]  # type: ignore[index]
         unknown = sorted(set(kwargs) - allowed)
         if unknown:
             raise TypeError(
                 f"{type(self.attr_method).__name__} in LLMGradientAttribution does not accept "
                 f"{unknown}; it takes {sorted(allowed)}."
             )
-        ibs = kwargs.pop("internal_batch_size", None)
+        many = isinstance(self.attr_method, LayerGradientShap)  # a baseline distribution
+        base_presence = check_baselines(kwargs.pop("baselines", None), inp.n_features, many)
+        ibs = kwargs.get("internal_batch_size", None)
         if ibs is not None and ibs != "auto":
             check_chunk_size(ibs, "internal_batch_size")
         prompt = inp.prompt_ids()
-        target_ids = _target_ids(self.model, self.tokenizer, prompt, target, gen_args, skip_tokens)
-        # the unperturbed probabilities; the scorer also checks the context before any forward
-        pad = _pad_id(self.tokenizer)
-        scorer = Scorer(self.model, prompt, target_ids, pad, rows_per_forward=1, reuse_prefix=False)
-        device = model_device(self.model)
-        ids = torch.cat([prompt, target_ids[:-1]]).unsqueeze(0).to(device)
-        base_ids = torch.cat([inp.baseline_ids, target_ids[:-1]]).unsqueeze(0).to(device)
-        # non-feature prompt tokens (BOS, ...) keep their own embedding: no attribution
-        fixed = torch.cat(
-            [inp.feature_of_token < 0, torch.ones(target_ids.numel() - 1, dtype=torch.bool)]
+        target_ids = target_tokens(
+            self.model, self.tokenizer, prompt, target, gen_args, skip_tokens, self.device
         )
-        base_ids[0, fixed.to(device)] = ids[0, fixed.to(device)]
-        per_token = self._embedding_attributions(
-            ids, base_ids, target_ids.to(device), ibs, kwargs, show_progress
-        )
-        L = prompt.numel()
-        scores = per_token[:, :L].cpu()  # (K, L); float64 models keep their precision
         feature = inp.feature_of_token
+        if self._fast_path(kwargs):
+            # one row of baseline ids per baseline: a value of 1 keeps that feature's token
+            presence = base_presence if base_presence is not None else torch.zeros(1, 1)
+            kept = torch.zeros(presence.shape[0], feature.numel(), dtype=torch.bool)
+            if base_presence is not None:
+                kept[:, feature >= 0] = base_presence[:, feature[feature >= 0]] == 1
+            baseline_ids = torch.where(kept, prompt, inp.baseline_ids)
+            kwargs.pop("attribute_to_layer_input", None)
+            kwargs.pop("internal_batch_size", None)
+            per_token, probs = self._fast(prompt, baseline_ids, feature, target_ids, ibs, kwargs,
+                                          show_progress)  # fmt: skip
+        else:
+            fwd = TokenLogProb(
+                self.model, prompt, feature, inp.baseline_ids, target_ids, self.device
+            )
+            per_token, logp = general_attributions(
+                self.attr_method,
+                fwd,
+                target_ids.numel(),
+                inp.n_features,
+                base_presence,
+                kwargs,
+                show_progress,
+            )
+            probs = logp.exp().cpu()
+        scores = per_token.cpu()  # (K, L); float64 models keep their precision
         token_attr = torch.zeros(target_ids.numel(), inp.n_features, dtype=scores.dtype)
         token_attr.index_add_(1, feature[feature >= 0], scores[:, feature >= 0])
         return LLMAttributionResult(
@@ -169,10 +236,37 @@ class LLMGradientAttribution(Attribution):
             token_attr=token_attr,
             input_tokens=inp.format_tokens(),
             output_tokens=self.tokenizer.convert_ids_to_tokens(target_ids.tolist()),
-            output_probs=scorer.original.exp(),
+            output_probs=probs,
             method=type(self.attr_method).__name__,
             info=target_info(self.tokenizer, target_ids),
         )
+
+    def _fast(
+        self,
+        prompt: Tensor,
+        baseline_ids: Tensor,
+        feature: Tensor,
+        target_ids: Tensor,
+        ibs: ChunkSize,
+        kwargs: dict[str, Any],
+        show_progress: bool,
+    ) -> tuple[Tensor, Tensor]:
+        """``(K, L)`` per-position attributions and ``(K,)`` target probabilities, by the
+        shared-forward embedding path (``baseline_ids``: ``(n_baselines, L)``)."""
+        # the unperturbed probabilities; the scorer also checks the context before any forward
+        pad = _pad_id(self.tokenizer)
+        scorer = Scorer(self.model, prompt, target_ids, pad, rows_per_forward=1, reuse_prefix=False)
+        device = self.device
+        ids = torch.cat([prompt, target_ids[:-1]]).unsqueeze(0).to(device)
+        m = baseline_ids.shape[0]
+        base_ids = torch.cat([baseline_ids, target_ids[:-1].expand(m, -1)], 1).to(device)
+        # non-feature prompt tokens (BOS, ...) keep their own embedding: no attribution
+        fixed = torch.cat([feature < 0, torch.ones(target_ids.numel() - 1, dtype=torch.bool)])
+        base_ids[:, fixed.to(device)] = ids[:, fixed.to(device)]
+        per_token = self._embedding_attributions(
+            ids, base_ids, target_ids.to(device), ibs, kwargs, show_progress
+        )
+        return per_token[:, : prompt.numel()], scorer.original.exp()
 
     def _embedding_attributions(
         self,
@@ -193,7 +287,8 @@ class LLMGradientAttribution(Attribution):
         cut = LayerCut(self.model, [embedding])
         with torch.no_grad():
             e_x = embedding(ids)[0]
-            e_b = embedding(base_ids)[0]
+            e_b_all = embedding(base_ids)  # one row per baseline (several: GradientShap)
+            e_b = e_b_all[0]
         method = self.attr_method
         if isinstance(method, LayerIntegratedGradients):
             alphas, weights = step_rule(
@@ -209,7 +304,10 @@ class LLMGradientAttribution(Attribution):
             sd = float(kwargs.get("stdevs", 0.0))
             alphas = torch.rand(n, dtype=torch.float64)
             weights = torch.full((n,), 1.0 / n, dtype=torch.float64)
-            starts = e_b.expand(n, *e_b.shape)
+            if len(e_b_all) > 1:  # a baseline drawn for every sample
+                starts = e_b_all[torch.randint(len(e_b_all), (n,)).to(e_b_all.device)]
+            else:
+                starts = e_b.expand(n, *e_b.shape)
             ends = e_x + sd * torch.randn((n, *e_x.shape), dtype=e_x.dtype, device=e_x.device)
         K, width = target.numel(), ids.shape[1]
         keep = "logits_to_keep" in inspect.signature(self.model.forward).parameters

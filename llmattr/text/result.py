@@ -10,7 +10,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._core.errors import InputError
+
 __all__ = ["LLMAttributionResult"]
+
+
+def _as_tensor(value: Any) -> Tensor:
+    return value if isinstance(value, Tensor) else torch.tensor(value)
 
 
 @dataclass
@@ -20,22 +26,51 @@ class LLMAttributionResult:
     Attributes:
         seq_attr: ``(n_features,)`` attribution to the whole target (its total log-probability,
             or its probability with ``attr_target="prob"``).
-        token_attr: ``(n_output_tokens, n_features)`` attribution to each target token, or None.
+        token_attr: ``(n_output_tokens, n_features)`` attribution to each target token, or None
+            (Lime and KernelShap, as in Captum).
         input_tokens: the features' names (tokens, words, sentences, ...).
         output_tokens: the target tokens.
         output_probs: ``(n_output_tokens,)`` each target token's probability under the
-            unperturbed prompt.
+            unperturbed prompt (llmattr fills it; Captum's LLMAttribution leaves it None).
         method: the attribution method's name.
         info: free-form extras (e.g. the contrastive foil).
+        inp: the text input the attributions are for (Captum's ``inp``), or None.
+
+    Built with Captum's keywords (``seq_attr=``, ``token_attr=``, ``input_tokens=``,
+    ``output_tokens=``, ``output_probs=``, ``inp=``) or positionally in the order above; array
+    likes become tensors, and shapes are checked (:class:`~llmattr._core.errors.InputError`).
     """
 
     seq_attr: Tensor
-    token_attr: Tensor | None
-    input_tokens: list[str]
-    output_tokens: list[str]
-    output_probs: Tensor
+    token_attr: Tensor | None = None
+    input_tokens: list[str] = field(default_factory=list)
+    output_tokens: list[str] = field(default_factory=list)
+    output_probs: Tensor | None = None
     method: str = ""
     info: dict[str, Any] = field(default_factory=dict)
+    inp: Any = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.seq_attr = _as_tensor(self.seq_attr)
+        self.token_attr = None if self.token_attr is None else _as_tensor(self.token_attr)
+        self.output_probs = None if self.output_probs is None else _as_tensor(self.output_probs)
+        self.input_tokens, self.output_tokens = list(self.input_tokens), list(self.output_tokens)
+        n_in, n_out = len(self.input_tokens), len(self.output_tokens)
+        if self.seq_attr.dim() != 1 or self.seq_attr.shape[0] != n_in:
+            raise InputError(
+                f"seq_attr must be 1-D with one value per input token ({n_in}); got shape "
+                f"{tuple(self.seq_attr.shape)}."
+            )
+        if self.token_attr is not None and tuple(self.token_attr.shape) != (n_out, n_in):
+            raise InputError(
+                f"token_attr must have shape (n_output_tokens, n_input_tokens) = "
+                f"{(n_out, n_in)}; got {tuple(self.token_attr.shape)}."
+            )
+        if self.output_probs is not None and tuple(self.output_probs.shape) != (n_out,):
+            raise InputError(
+                f"output_probs must be 1-D with one value per output token ({n_out}); got "
+                f"shape {tuple(self.output_probs.shape)}."
+            )
 
     @property
     def seq_attr_dict(self) -> dict[str, float]:
@@ -50,23 +85,28 @@ class LLMAttributionResult:
 
     # ---- views (drawn by llmattr.viz) ------------------------------------------------------
 
-    def plot_token_attr(self, show: bool = False, ax: Any = None) -> tuple[Any, Any]:
+    def plot_token_attr(self, show: bool = False, ax: Any = None) -> tuple[Any, Any] | None:
         """Heatmap of ``token_attr`` (target tokens × features), on ``ax`` if given (else a new
-        figure); returns ``(fig, ax)``."""
+        figure). As in Captum, returns ``(fig, ax)``, or None when ``show`` displays it."""
         from ..viz.plots import plot_token_attr
 
         if self.token_attr is None:
-            raise ValueError("This result has no per-token attributions.")
-        return plot_token_attr(
+            raise ValueError(
+                "This result has no per-token attributions (token_attr is None: Lime and "
+                "KernelShap explain the whole target only); use plot_seq_attr."
+            )
+        drawn = plot_token_attr(
             self.token_attr, self.input_tokens, self.output_tokens, ax=ax, show=show
         )
+        return None if show else drawn
 
-    def plot_seq_attr(self, show: bool = False, ax: Any = None) -> tuple[Any, Any]:
-        """Bar chart of ``seq_attr`` per feature, on ``ax`` if given (else a new figure);
-        returns ``(fig, ax)``."""
+    def plot_seq_attr(self, show: bool = False, ax: Any = None) -> tuple[Any, Any] | None:
+        """Bar chart of ``seq_attr`` per feature, on ``ax`` if given (else a new figure). As in
+        Captum, returns ``(fig, ax)``, or None when ``show`` displays it."""
         from ..viz.plots import plot_seq_attr
 
-        return plot_seq_attr(self.seq_attr, self.input_tokens, ax=ax, show=show)
+        drawn = plot_seq_attr(self.seq_attr, self.input_tokens, ax=ax, show=show)
+        return None if show else drawn
 
     def to_html(self, title: str | None = None, path: str | Path | None = None) -> str:
         """One self-contained HTML page (see :func:`llmattr.viz.html_report`): the prompt's
@@ -110,7 +150,8 @@ class LLMAttributionResult:
             return t.to(getattr(torch, d["dtype"]))
 
         seq, probs = unpack(data["seq_attr"]), unpack(data["output_probs"])
-        assert seq is not None and probs is not None
+        if seq is None:
+            raise InputError("The data has no seq_attr; it is not a saved LLMAttributionResult.")
         return cls(
             seq, unpack(data["token_attr"]), list(data["input_tokens"]),
             list(data["output_tokens"]), probs, data.get("method", ""), data.get("info", {}),
