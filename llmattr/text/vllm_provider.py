@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 _INSTALL_HINT = (
     "The 'openai' package is required to use VLLMProvider. Install it with "
-    "`pip install openai` (any version >= 1)."
+    "`pip install openai` or `pip install llmattr[remote]` (openai >= 1)."
 )
 
 
