@@ -21,7 +21,9 @@ from test_captum_parity_llm import assert_same_result, llama_style_tokenizer  # 
 
 from llmattr import (  # noqa: E402
     FeatureAblation,
+    LayerIntegratedGradients,
     LLMAttribution,
+    LLMGradientAttribution,
     ProductBaselines,
     ShapleyValueSampling,
     TextTemplateInput,
@@ -105,3 +107,28 @@ def test_tutorial_generated_target(setup):
         use_cached_outputs=False,
     )  # fmt: skip
     assert_same_result(res, theirs)
+
+
+def test_tutorial_layer_integrated_gradients(setup):
+    """The tutorial's gradient step: LayerIntegratedGradients on the embedding through
+    LLMGradientAttribution, then the sequence plot."""
+    model, tok = setup
+    inp = TextTokenInput(EVAL_PROMPT, tok, skip_tokens=[1])
+    ours = LLMGradientAttribution(
+        LayerIntegratedGradients(model, model.model.embed_tokens), tok
+    ).attribute(inp, target=TARGET)
+    theirs = ca.LLMGradientAttribution(
+        ca.LayerIntegratedGradients(model, model.model.embed_tokens), tok
+    ).attribute(ca.TextTokenInput(EVAL_PROMPT, tok, skip_tokens=[1]), target=TARGET)
+    assert ours.input_tokens == theirs.input_tokens
+    assert ours.seq_attr.shape == theirs.seq_attr.shape
+    assert ours.token_attr.shape == theirs.token_attr.shape
+    torch.testing.assert_close(
+        ours.seq_attr, theirs.seq_attr.to(ours.seq_attr.dtype), rtol=1e-5, atol=1e-6
+    )
+    torch.testing.assert_close(
+        ours.token_attr, theirs.token_attr.to(ours.token_attr.dtype), rtol=1e-5, atol=1e-6
+    )
+    assert float(ours.seq_attr.abs().max()) > 1e-3
+    _fig, ax = ours.plot_seq_attr(show=False)
+    assert len(ax.patches) == len(ours.input_tokens)
