@@ -25,6 +25,7 @@ from llmattr import (  # noqa: E402
     LLMAttribution,
     LLMGradientAttribution,
     ProductBaselines,
+    ShapleyValues,
     ShapleyValueSampling,
     TextTemplateInput,
     TextTokenInput,
@@ -132,3 +133,25 @@ def test_tutorial_layer_integrated_gradients(setup):
     assert float(ours.seq_attr.abs().max()) > 1e-3
     _fig, ax = ours.plot_seq_attr(show=False)
     assert len(ax.patches) == len(ours.input_tokens)
+
+
+def test_tutorial_few_shot_prompt_function(setup):
+    """The tutorial's few-shot step: a template *function* of the examples, each example a
+    feature (absent = empty string), exact Shapley values, equal to Captum's."""
+    model, tok = setup
+
+    def prompt_fn(*examples: str) -> str:
+        shown = [e for e in examples if e]
+        prefix = "Here are examples:\n" if shown else ""
+        return prefix + "\n".join(shown) + "\n Review: good?"
+
+    examples = ["ok no", "yes", "bad no"]
+    ours = LLMAttribution(ShapleyValues(model), tok).attribute(
+        TextTemplateInput(prompt_fn, values=examples), target=" Positive"
+    )
+    theirs = ca.LLMAttribution(ca.ShapleyValues(model), tok).attribute(
+        ca.TextTemplateInput(prompt_fn, values=examples), target=" Positive",
+        use_cached_outputs=False,
+    )  # fmt: skip
+    assert_same_result(ours, theirs)
+    assert ours.input_tokens == examples
