@@ -647,3 +647,99 @@ def test_list_of_layers_where_captum_takes_one(mlp: nn.Module, name: str) -> Non
     class); llmattr refuses the list at construction with a TypeError naming the class."""
     with pytest.raises(TypeError, match=name):
         getattr(llmattr, name)(mlp, [mlp.fc1, mlp.fc2])
+
+
+# --- LayerConductance: tuple activations, several inputs --------------------------------------
+
+
+class TupleLayer(nn.Module):
+    """A layer whose output is a tuple ``(tanh(x), sigmoid(x))``."""
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return torch.tanh(x), torch.sigmoid(x)
+
+
+class TupleNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(4, 5)
+        self.pair = TupleLayer()
+        self.fc2 = nn.Linear(5, 3)
+        self.fc3 = nn.Linear(5, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        a, b = self.pair(self.fc1(x))
+        return self.fc2(a) + self.fc3(b)
+
+
+class ThreeInputs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(4, 6)
+        self.fc2 = nn.Linear(6, 3)
+
+    def forward(self, x: Tensor, y: Tensor, z: Tensor, scale: float) -> Tensor:
+        return self.fc2(torch.tanh(self.fc1(x * y + z))) * scale
+
+
+@pytest.mark.parametrize("chunk", [None, 7])
+def test_layer_conductance_tuple_activation_matches_captum(chunk: Any) -> None:
+    torch.manual_seed(0)
+    model = TupleNet().to(F64)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(3, 4, generator=g, dtype=F64)
+    kw: dict[str, Any] = {"target": 1, "n_steps": 400, "return_convergence_delta": True}
+    ours, delta = llmattr.LayerConductance(model, model.pair).attribute(
+        x, internal_batch_size=chunk, **kw
+    )
+    theirs, their_delta = captum_attr.LayerConductance(model, model.pair).attribute(x, **kw)
+    assert isinstance(ours, tuple) and isinstance(theirs, tuple) and len(ours) == len(theirs) == 2
+    for o, t in zip(ours, theirs):
+        assert o.shape == t.shape and o.dtype == t.dtype
+        torch.testing.assert_close(o, t, rtol=0, atol=5e-3)  # both converge to one value
+    assert delta.shape == their_delta.shape == (3,)
+    with torch.no_grad():
+        want = model(x)[:, 1] - model(torch.zeros_like(x))[:, 1]
+    torch.testing.assert_close(delta, ours[0].sum(1) + ours[1].sum(1) - want, rtol=0, atol=1e-12)
+    assert delta.abs().max() < 1e-4
+
+
+def test_layer_conductance_tuple_activation_from_captums_suite() -> None:
+    from captum.testing.helpers.basic_models import BasicModel_MultiLayer
+
+    net = BasicModel_MultiLayer(multi_input_module=True).to(F64)
+    x = torch.tensor([[0.0, 100.0, 0.0]], dtype=F64)
+    ours = llmattr.LayerConductance(net, net.multi_relu).attribute(x, target=0, n_steps=100)
+    theirs = captum_attr.LayerConductance(net, net.multi_relu).attribute(x, target=0, n_steps=100)
+    assert isinstance(ours, tuple) and len(ours) == 2
+    want = torch.tensor([[90.0, 100.0, 100.0, 100.0]], dtype=F64)
+    for o, t in zip(ours, theirs):
+        assert o.shape == t.shape
+        torch.testing.assert_close(o, want, rtol=0, atol=0.5)
+        torch.testing.assert_close(t, want, rtol=0, atol=0.5)
+
+
+@pytest.mark.parametrize("chunk", [None, 5])
+def test_layer_conductance_delta_with_several_inputs_matches_captum(chunk: Any) -> None:
+    """The delta sums the layer's conductance (one tensor) against f(x) - f(b) however many
+    inputs there are (it used to count attribution tensors against inputs and raise)."""
+    torch.manual_seed(1)
+    model = ThreeInputs().to(F64)
+    g = torch.Generator().manual_seed(4)
+    xs = tuple(torch.randn(2, 4, generator=g, dtype=F64) for _ in range(3))
+    bs = tuple(torch.randn(2, 4, generator=g, dtype=F64) for _ in range(3))
+    kw: dict[str, Any] = {
+        "target": 2, "n_steps": 300, "additional_forward_args": (2.0,),
+        "return_convergence_delta": True,
+    }  # fmt: skip
+    ours, delta = llmattr.LayerConductance(model, model.fc2).attribute(
+        xs, bs, internal_batch_size=chunk, **kw
+    )
+    theirs, their_delta = captum_attr.LayerConductance(model, model.fc2).attribute(xs, bs, **kw)
+    assert isinstance(ours, Tensor) and ours.shape == theirs.shape == (2, 3)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-2)
+    assert delta.shape == their_delta.shape == (2,) and delta.dtype == their_delta.dtype
+    with torch.no_grad():
+        want = model(*xs, 2.0)[:, 2] - model(*bs, 2.0)[:, 2]
+    torch.testing.assert_close(delta, ours.sum(1) - want, rtol=0, atol=1e-12)
+    torch.testing.assert_close(delta, their_delta, rtol=0, atol=1e-2)

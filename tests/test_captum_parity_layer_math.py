@@ -6,6 +6,7 @@ table points here.
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from typing import Any
 
@@ -230,3 +231,57 @@ def test_layer_feature_permutation_selects_the_target_once() -> None:
     torch.manual_seed(7)
     theirs = captum_attr.LayerFeaturePermutation(lambda t: model(t)[:, 2], model[1]).attribute(x)
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-12)
+
+
+class Smooth(nn.Module):
+    """``fc2(tanh(fc1(x)))``: a smooth path integrand, so the trapezoid error is O(1/n²)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(4, 6)
+        self.act = nn.Tanh()
+        self.fc2 = nn.Linear(6, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+METHODS = ["gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_layer_conductance_delta_shrinks_with_n_steps(method: str, xb: Any) -> None:
+    """On a smooth model the completeness gap of llmattr's conductance falls with n_steps for
+    every method and is inside Captum's own test tolerance (0.01) at n_steps=500."""
+    model = seeded(Smooth)
+    x, b = xb
+    x = 3 * x
+    deltas = []
+    for n in (5, 20, 100, 500):
+        _, d = llmattr.LayerConductance(model, model.fc1).attribute(
+            x, b, target=0, n_steps=n, method=method, return_convergence_delta=True
+        )
+        deltas.append(d.abs().max().item())
+    assert all(later < earlier for earlier, later in itertools.pairwise(deltas)), deltas
+    assert deltas[-1] < 1e-2
+    # a second-order rule: 5x the steps cut the gap by more than 10x
+    assert deltas[-1] < deltas[-2] / 10
+
+
+def test_layer_conductance_through_a_relu_kink_converges_at_first_order() -> None:
+    """With a ReLU switching on along the path the integrand jumps, so every rule (Captum's
+    too) has an O(1/n) gap whose size depends on where the jump falls inside its panel; llmattr's
+    gap stays within jump-size x panel-width / 2 and tends to 0."""
+    from captum.testing.helpers.basic_models import BasicModel_MultiLayer
+
+    model = BasicModel_MultiLayer().to(F64)
+    x = torch.tensor([[0.0, 100.0, 0.0]], dtype=F64)
+    for method in ("gausslegendre", "riemann_trapezoid", "riemann_left"):
+        gaps = []
+        for n in (50, 500, 2000):
+            _, d = llmattr.LayerConductance(model, model.linear0).attribute(
+                x, target=0, n_steps=n, method=method, return_convergence_delta=True
+            )
+            gaps.append(d.abs().item() * n)  # n * gap is bounded for a first-order error
+        assert max(gaps) < 60, (method, gaps)
+        assert gaps[-1] / 2000 < 0.03

@@ -29,6 +29,7 @@ from .deeplift import _custom_attributions, deeplift_multipliers, shap_baselines
 from .gradient_shap import Draws, expected_gradients, noise_stdevs
 from .integrated_gradients import StraightPath, step_rule
 from .layer_base import LayerResult, _FixedLayer, _form, _Layer
+from .layer_trapezoid import trapezoid_panels
 
 __all__ = [
     "InternalInfluence",
@@ -91,13 +92,6 @@ class InternalInfluence(_FixedLayer):
         return _form([totals], False)
 
 
-def _panel(out: Tensor, g: Tensor, g_prev: Tensor, a: Tensor, a_prev: Tensor) -> None:
-    """``out = (g + g_prev) (a - a_prev)``: twice the trapezoid rule on one panel of the path
-    (the caller halves the sum, which is exact)."""
-    if len(out):
-        torch.add(g, g_prev, out=out).mul_(a - a_prev)
-
-
 def _layer_grads(
     cut: LayerCut, grad_kwargs: dict[str, Any] | None
 ) -> Callable[..., tuple[Tensor, ...]]:
@@ -118,7 +112,11 @@ class LayerConductance(_FixedLayer, GradientAttribution):
     the path's partition (the method's nodes plus both ends). Summed over the layer it equals
     ``f(x) - f(baselines)`` when every path from the inputs to the output crosses the layer.
     Captum sums the left-point products over ``n_steps + 1`` points that stop short of the
-    inputs, so at equal ``n_steps`` its values are further from the converged conductance.
+    inputs: on a smooth path its error falls as ``1/n_steps`` where ours falls as
+    ``1/n_steps²``. Where a ReLU switches along the path the integrand jumps and both rules are
+    first order (the gap depends on where the jump falls in its panel, so at a given
+    ``n_steps`` either may be the closer). A layer whose activation is a tuple gets a tuple of
+    conductances, one per activation tensor.
 
     Args:
         forward_func: the model or forward function.
@@ -164,48 +162,46 @@ class LayerConductance(_FixedLayer, GradientAttribution):
         batch = call.batch
         # one pass: each chunk's gradients and activations at the layer; the trapezoid panel
         # between points s-1 and s (rows r-batch and r) is credited at row r, so the last
-        # `batch` rows of the previous chunks are carried over
-        carry: list[tuple[Tensor, Tensor]] = []
+        # `batch` rows of the previous chunks are carried over (per activation tensor)
+        carry: list[tuple[Tensor, ...]] = []
 
         def grad_fn(
             points: tuple[Tensor, ...], tgt: Any, args: tuple[Any, ...]
         ) -> tuple[Tensor, ...]:
             (grads,), (acts,), _ = cut.gradients(points, tgt, args, grad_kwargs)
-            if len(grads) != 1:
-                raise TypeError("LayerConductance needs a layer whose activation is one tensor.")
-            return grads[0], acts[0]
+            return (*grads, *acts)
 
-        def contribution(start: int, end: int, pair: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-            g, a = pair
-            prev_g, prev_a = carry[0] if carry else (g[:0], a[:0])
-            first = start - len(prev_g)  # the row prev_g[0] stands for
-            part = torch.empty_like(g)
-            lo = max(start, min(batch, end))  # rows of point 0 (below `batch`) end no panel
-            mid = min(end, start + batch)  # rows from here on find row r - batch in this chunk
-            part[: lo - start].zero_()
-            _panel(
-                part[lo - start : mid - start], g[lo - start : mid - start],
-                prev_g[lo - batch - first : mid - batch - first], a[lo - start : mid - start],
-                prev_a[lo - batch - first : mid - batch - first],
-            )  # fmt: skip
-            _panel(
-                part[mid - start :], g[mid - start :], g[mid - batch - start : end - batch - start],
-                a[mid - start :], a[mid - batch - start : end - batch - start],
-            )  # fmt: skip
+        def contribution(start: int, end: int, pairs: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+            k = len(pairs) // 2
+            prev = carry[0] if carry else tuple(t[:0] for t in pairs)
+            parts = tuple(
+                trapezoid_panels(start, end, batch, g, a, pg, pa)
+                for g, a, pg, pa in zip(pairs[:k], pairs[k:], prev[:k], prev[k:])
+            )
             if end - start >= batch:
-                carry[:] = [(g[-batch:].clone(), a[-batch:].clone())]
+                carry[:] = [tuple(t[-batch:].clone() for t in pairs)]
             else:
-                carry[:] = [(torch.cat([prev_g, g])[-batch:], torch.cat([prev_a, a])[-batch:])]
-            return (part,)
+                carry[:] = [tuple(torch.cat([p, t])[-batch:] for p, t in zip(prev, pairs))]
+            return parts
 
-        (twice,) = accumulate_gradients(
+        twice = accumulate_gradients(
             self.forward_func, call, path.row_examples, path.points, contribution,
             internal_batch_size, grad_fn=grad_fn,
         )  # fmt: skip
-        cond = twice.mul_(0.5)
+        conds = tuple(t.mul_(0.5) for t in twice)
+        cond = _form([conds], False)
         if not return_convergence_delta:
             return cond
-        delta = self.compute_convergence_delta(cond, bases, call.inputs, call.target, call.args)
+        # the delta sums every activation tensor's conductance; Captum's completeness gap
+        # (one term per example), however many inputs or activation tensors there are
+        sums = per_example_sum(conds)
+        as_inputs = tuple(
+            (sums if i == 0 else torch.zeros_like(sums)).reshape(batch, 1)
+            for i in range(len(call.inputs))
+        )
+        delta = self.compute_convergence_delta(
+            as_inputs, bases, call.inputs, call.target, call.args, internal_batch_size
+        )
         return cond, delta
 
 
