@@ -443,7 +443,7 @@ def test_attribute_future_equals_attribute() -> None:
     kwargs = {"target": 1, "feature_mask": torch.tensor([[0, 0, 1, 1, 2, 2]]), "baselines": 0.1}
     fa = FeatureAblation(model)
     future = FeatureAblation(lambda z: _done(model(z))).attribute_future(x, **kwargs)
-    assert isinstance(future, Future)
+    assert type(future) is torch.Future  # Captum's type, not the torch.futures subclass
     assert torch.equal(future.wait(), fa.attribute(x, **kwargs))
     with pytest.raises(ValueError, match="negative"):
         fa.attribute_future(x, feature_mask=torch.tensor([[0, -2, 2, 2, 2, 2]])).wait()

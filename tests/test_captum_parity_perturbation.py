@@ -378,8 +378,8 @@ def test_attribute_future_chains_futures_as_captum(net: Net, name: str, ppe: int
     a = ours.attribute_future(X, **kw)
     torch.manual_seed(3)
     b = theirs.attribute_future(X, **kw)
-    # Captum's is the torch._C.Future its .then() made; ours a torch.futures.Future
-    assert isinstance(a, Future) and callable(b.wait) and callable(a.then)
+    # Captum's is the torch._C.Future its .then() made (``torch.Future``); ours is the same type
+    assert type(a) is type(b) is torch.Future
     same(a.wait(), b.wait(), dtype=name.startswith("Feature"), tol=1e-5)
     # a Future forward through attribute, and a plain forward through attribute_future, are
     # refused in both, with an AssertionError
@@ -493,3 +493,147 @@ def test_noise_tunnel_over_a_multi_output_ablation_keeps_outputs_apart(net: Net)
     torch.testing.assert_close(ours, plain)
     theirs = captum_attr.NoiseTunnel(captum_attr.FeatureAblation(net)).attribute(X, **kw)
     assert theirs.shape == (12, 6) and not torch.allclose(theirs, plain)
+
+
+# --- futures: Captum's type, forwards returning either Future class ---------------------------
+
+
+@pytest.mark.parametrize("name", list(FUTURES))
+def test_attribute_future_accepts_a_plain_torch_future_forward(net: Net, name: str) -> None:
+    # a forward whose Future comes from .then() is a torch._C.Future, not a torch.futures.Future:
+    # Captum fails on it (AttributeError), llmattr takes it as it takes a torch.futures.Future
+    def chained(x: Tensor) -> Any:
+        return _future_of(net)(x).then(lambda f: f.wait())
+
+    kw = {"target": 2, "feature_mask": MASK, **FUTURES[name]}
+    with pytest.raises(AttributeError):
+        getattr(captum_attr, name)(chained).attribute_future(X, **kw).wait()
+    torch.manual_seed(5)
+    a = getattr(llmattr, name)(chained).attribute_future(X, **kw)
+    torch.manual_seed(5)
+    b = getattr(llmattr, name)(_future_of(net)).attribute_future(X, **kw)
+    assert type(a) is type(b) is torch.Future
+    same(a.wait(), b.wait())
+
+
+def test_occlusion_future_is_a_plain_torch_future(net: Net) -> None:
+    a = llmattr.Occlusion(_future_of(net)).attribute_future(X, (2,), target=0)
+    assert type(a) is torch.Future
+    same(a.wait(), llmattr.Occlusion(net).attribute(X, (2,), target=0))
+
+
+# --- inputs with different first dimensions; _min_examples_per_batch_grouped ----------------------
+
+
+def _first_only(x1: Tensor, x2: Tensor) -> Tensor:
+    return (x1 * torch.arange(1.0, 3.0, dtype=x1.dtype)).sum(-1) ** 2 + x2.sum() * 0
+
+
+def _both(x1: Tensor, x2: Tensor) -> Tensor:
+    return torch.tanh(x1).sum(-1) * x2.sum()
+
+
+ONE = torch.tensor([[1.0, 2.0]], dtype=F64)
+TWO = torch.tensor([[3.0, 4.0], [5.0, 6.0]], dtype=F64)
+THREE = torch.tensor([[1.0, 2.0], [7.0, 8.0], [9.0, 1.0]], dtype=F64)
+
+
+@pytest.mark.parametrize(
+    ("inputs", "mask"),
+    [
+        ((ONE, TWO), (torch.tensor([0, 0]), torch.tensor([[0, 0], [0, 0]]))),  # all skipped
+        ((ONE, TWO), (torch.tensor([0, 1]), torch.tensor([[2, 2]]))),  # input 1 permuted
+        ((THREE, TWO), (torch.tensor([0, 1]), torch.tensor([[1, 2]]))),  # feature 1 spans both
+        ((THREE, TWO), None),
+        ((THREE, ONE), None),  # input 1's features skipped
+    ],
+)
+@pytest.mark.parametrize("forward", [_first_only, _both])
+def test_permutation_inputs_with_different_first_dims_as_captum(
+    inputs: tuple[Tensor, ...], mask: Any, forward: Callable[..., Tensor]
+) -> None:
+    a, b = run_both("FeaturePermutation", (forward,), inputs, feature_mask=mask, seed=4)
+    same(a, b)
+
+
+def test_min_examples_per_batch_grouped_as_captum() -> None:
+    ours, theirs = pair("FeaturePermutation", _first_only)
+    assert ours._min_examples_per_batch_grouped == theirs._min_examples_per_batch_grouped == 2
+    calls: list[int] = []
+
+    def counted(x: Tensor) -> Tensor:
+        calls.append(1)
+        return x.sum(-1)
+
+    # 1: a batch of one is no longer skipped, and cannot be permuted; we refuse before a forward
+    for algo in pair("FeaturePermutation", counted):
+        algo._min_examples_per_batch_grouped = 1
+        with pytest.raises(AssertionError):
+            algo.attribute(ONE)
+    assert len(calls) == 1  # Captum's initial forward only
+    ours = llmattr.FeaturePermutation(counted)
+    ours._min_examples_per_batch_grouped = 1
+    with pytest.raises(llmattr._core.errors.InputError, match="at least 2"):
+        ours.attribute(ONE)
+    # 3: every feature held by an input of fewer than 3 entries is skipped, in both
+    ours, theirs = pair("FeaturePermutation", _both)
+    ours._min_examples_per_batch_grouped = theirs._min_examples_per_batch_grouped = 3
+    torch.manual_seed(2)
+    a = ours.attribute((THREE, TWO))
+    torch.manual_seed(2)
+    b = theirs.attribute((THREE, TWO))
+    same(a, b)
+    assert bool(a[0].ne(0).any()) and bool(a[1].eq(0).all())
+
+
+def test_ablation_min_examples_per_batch_grouped_as_captum() -> None:
+    mask = (torch.tensor([[0, 1]]), torch.tensor([[1, 2]]))
+    for minimum in (None, 2, 3):
+        ours, theirs = pair("FeatureAblation", _both)
+        assert ours._min_examples_per_batch_grouped is theirs._min_examples_per_batch_grouped
+        ours._min_examples_per_batch_grouped = minimum
+        theirs._min_examples_per_batch_grouped = minimum
+        kw = {"feature_mask": mask, "baselines": (0.5, -1.0)}
+        same(ours.attribute((THREE, TWO), **kw), theirs.attribute((THREE, TWO), **kw))
+
+
+def test_per_entry_mask_of_a_non_batch_input_where_captum_crashes() -> None:
+    # Captum: a mask with one grouping per entry of an input whose first dimension is not the
+    # batch breaks its accumulation (RuntimeError). llmattr gives each position the credit its
+    # features share (here 0: the features are skipped, or the forward ignores them) ...
+    per_entry = (torch.tensor([0, 1]), torch.tensor([[2, 2], [3, 3]]))
+    for inputs in [(ONE, TWO), (THREE, TWO)]:
+        with pytest.raises(RuntimeError):
+            torch.manual_seed(0)
+            captum_attr.FeaturePermutation(_first_only).attribute(inputs, feature_mask=per_entry)
+        torch.manual_seed(0)
+        a = llmattr.FeaturePermutation(_first_only).attribute(inputs, feature_mask=per_entry)
+        assert a[0].shape == (inputs[0].shape[0], 2) and a[1].shape == (inputs[0].shape[0], 2)
+        assert bool(a[1].eq(0).all())
+        # ... the first input's attributions are those of a shared mask for the second
+        torch.manual_seed(0)
+        shared = (per_entry[0], torch.tensor([[2, 2]]))
+        same(a, llmattr.FeaturePermutation(_first_only).attribute(inputs, feature_mask=shared))
+    # ... and refuses (InputError) when the entries' features got different credit
+    with pytest.raises(llmattr._core.errors.InputError, match="first dimension 1"):
+        llmattr.FeatureAblation(_both).attribute((THREE, TWO), feature_mask=per_entry)
+
+
+def test_permutation_skips_per_feature_not_per_forward() -> None:
+    # Captum skips a whole forward's perturbations_per_eval features when one of them is held by
+    # a too-small input, so its numbers depend on perturbations_per_eval; llmattr skips only that
+    # feature, and perturbations_per_eval changes nothing
+    mask = (torch.tensor([0, 1]), torch.tensor([[1, 1]]))  # feature 1 is held by ONE too
+
+    def roll(x: Tensor, m: Tensor) -> Tensor:  # deterministic, so only the skipping differs
+        return torch.where(m, x.roll(1, 0), x)
+
+    def both(lib: Any, ppe: int) -> Any:
+        algo = lib.FeaturePermutation(_both, perm_func=roll)
+        return algo.attribute((THREE, ONE), feature_mask=mask, perturbations_per_eval=ppe)
+
+    ours, theirs = [both(llmattr, p) for p in (1, 2)], [both(captum_attr, p) for p in (1, 2)]
+    same(ours[0], theirs[0])
+    same(ours[0], ours[1])
+    assert bool(ours[1][0][:, 0].ne(0).all())  # feature 0 is attributed
+    assert bool(theirs[1][0].eq(0).all()) and bool(theirs[0][0][:, 0].ne(0).all())

@@ -93,6 +93,8 @@ class FeatureMasks:
                     f"{i} of shape {tuple(x.shape)}: it must broadcast to the input, with first "
                     f"dimension 1 (shared by every example) or {batch} (one per example)."
                 )
+            if m.shape[0] not in (1, batch) and bool((m == m[0:1]).all()):
+                m = m[0:1]  # one grouping repeated for each entry of a non-batch input: shared
             masks.append(m.expand(m.shape[0], *x.shape[1:]))
         ids = torch.cat([m.reshape(-1).cpu() for m in masks])
         if ids.numel() and int(ids.min()) < 0:
@@ -188,7 +190,25 @@ class FeatureMasks:
             credits = credits.to(m.device)
             if m.shape[0] == 1:
                 values = credits[:, :, flat[0]]
-            else:
+            elif m.shape[0] == rows:
                 values = credits.gather(2, flat.unsqueeze(1).expand(rows, n_out, -1))
+            else:
+                values = _shared_credit(credits[:, :, flat])  # (rows, n_out, entries, positions)
             out.append(values.reshape(rows, n_out, *m.shape[1:]))
         return tuple(out)
+
+
+def _shared_credit(values: Tensor) -> Tensor:
+    """Per-position credit of an input whose mask has one grouping per entry of a first
+    dimension that is not the batch (e.g. a flat index list), ``values`` being
+    ``(rows, n_outputs, entries, positions)``. Attributions have one value per position, so the
+    entries' credits must agree there (e.g. all 0, as for features FeaturePermutation skips);
+    otherwise no per-position attribution exists and the mask must be shared instead."""
+    if bool((values == values[:, :, 0:1]).all()):
+        return values[:, :, 0]
+    raise InputError(
+        f"A feature mask has one grouping per entry ({values.shape[2]} entries) of an input whose "
+        "first dimension is not the batch, and its features got different credit at the same "
+        "position, so there is no per-position attribution. Give that input a mask with first "
+        "dimension 1 (one grouping shared by every entry)."
+    )

@@ -222,12 +222,12 @@ class PerturbationRun:
     def _forward(self, inputs: tuple[Tensor, ...], args: tuple[Any, ...]) -> Any:
         self.forward_count += 1
         output = self.forward_func(*inputs, *args)
-        if self.futures and not isinstance(output, Future):
+        if self.futures and not isinstance(output, torch.Future):  # either Future class
             raise InputError(
                 "attribute_future needs a forward function that returns a torch.futures.Future, "
                 f"got {type(output).__name__}; call attribute instead."
             )
-        if not self.futures and isinstance(output, Future):
+        if not self.futures and isinstance(output, torch.Future):
             raise InputError(
                 "The forward function returned a torch.futures.Future; call attribute_future "
                 "for forwards that return futures."
@@ -344,7 +344,10 @@ class PerturbationRun:
         if not self.futures:
             return result()
         pending, self._pending = self._pending, []
-        done: Future = Future()
+        # Captum returns a plain ``torch.Future`` (torch._C.Future, what ``collect_all(...).then``
+        # gives), not the ``torch.futures.Future`` subclass; callers check ``type(f) is
+        # torch.Future``
+        done = torch.Future([])
 
         def complete(_: Future) -> None:
             try:
@@ -353,7 +356,7 @@ class PerturbationRun:
                     fold(start, end, self._received(future.wait(), end - start))
                 value = result()
             except Exception as err:  # handed to the waiting caller, type intact
-                done.set_exception(err)
+                _set_exception(done, err)
             else:
                 done.set_result(value)
 
@@ -395,3 +398,17 @@ class PerturbationRun:
             return self.output_dtype
         floats = [x.dtype for x in self.call.inputs if x.is_floating_point()]
         return floats[0] if floats else torch.get_default_dtype()
+
+
+def _set_exception(future: Any, err: Exception) -> None:
+    """Complete a ``torch.Future`` with ``err``, raised as it is (type intact) by ``wait()``.
+
+    ``torch._C.Future`` has no ``set_exception``; this does exactly what
+    ``torch.futures.Future.set_exception`` does: an unwrap function that raises the stored value.
+    """
+
+    def raise_error(value: Exception) -> None:
+        raise value
+
+    future._set_unwrap_func(raise_error)
+    future.set_result(err)

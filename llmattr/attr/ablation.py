@@ -9,9 +9,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.futures import Future
 
 from .._core.base import PerturbationAttribution
+from .._core.errors import InputError
 from .._core.features import FeatureMasks
 from .._core.inputs import BaselineType, TensorOrTuple, format_baselines
 from .._core.perturbation import PerturbationRun, make_generator, perturbation_call
@@ -26,16 +26,18 @@ def ablate_each_feature(
     run: PerturbationRun,
     masks: FeatureMasks,
     replacements: Callable[[Tensor], tuple[Tensor, ...] | None],
-    skip_all: bool = False,
+    skip: Tensor | None = None,
 ) -> Any:
     """``f(x) - f(x with feature p replaced)`` for every feature ``p``, spread over its elements.
 
     Features are visited in Captum's order (:meth:`FeatureMasks.order`); ``replacements(ids)``
     gives the replacement values of one forward's features (None: the baselines). Returns the
-    attributions in the user's form (a Future of them with futures); ``skip_all`` evaluates
-    nothing and leaves every attribution 0.
+    attributions in the user's form (a Future of them with futures); the features ``skip``
+    marks (bool per feature id) are not evaluated and keep attribution 0.
     """
-    order = masks.order()[:0] if skip_all else masks.order()
+    order = masks.order()
+    if skip is not None:
+        order = order[~skip[order]]
     credits: list[Tensor] = []  # allocated once the output's size is known (futures: later)
 
     def build(start: int, end: int) -> tuple[Tensor, ...]:
@@ -56,6 +58,31 @@ def ablate_each_feature(
 
 def _layout(per_example_outputs: bool) -> Any:
     return "rows" if per_example_outputs else "flat"
+
+
+def _holders(masks: FeatureMasks) -> list[Tensor]:
+    """Per input, bool per feature id: whether the input holds elements of that feature."""
+    holds = []
+    for m in masks.masks:
+        has = torch.zeros(masks.n_features, dtype=torch.bool)
+        has[m.reshape(-1).unique().cpu()] = True
+        holds.append(has)
+    return holds
+
+
+def _too_small(
+    inputs: tuple[Tensor, ...], holds: list[Tensor], min_examples: int | None
+) -> Tensor | None:
+    """Captum's ``_min_examples_per_batch_grouped`` rule: a feature held by an input whose first
+    dimension is below ``min_examples`` is skipped (attribution 0). Returns the bool per feature
+    id, or None when nothing is skipped (``min_examples`` None)."""
+    if min_examples is None:
+        return None
+    skip = torch.zeros(holds[0].shape[0] if holds else 0, dtype=torch.bool)
+    for x, has in zip(inputs, holds):
+        if x.shape[0] < min_examples:
+            skip |= has
+    return skip
 
 
 class FeatureAblation(PerturbationAttribution):
@@ -80,6 +107,9 @@ class FeatureAblation(PerturbationAttribution):
 
     def __init__(self, forward_func: Callable[..., Any]) -> None:
         super().__init__(forward_func)
+        # Captum's attribute name: features held by an input whose first dimension is below
+        # this are skipped (attribution 0); None skips nothing
+        self._min_examples_per_batch_grouped: int | None = None
 
     def attribute(
         self,
@@ -130,7 +160,7 @@ class FeatureAblation(PerturbationAttribution):
         show_progress: bool = False,
         *,
         per_example_outputs: bool = False,
-    ) -> Future:
+    ) -> torch.Future:
         """:meth:`attribute` for a forward that returns ``torch.futures.Future``: every forward
         is issued at once, and the returned Future holds the attributions once all outputs
         arrived (an error in one of them is set on it). Arguments as for :meth:`attribute`."""
@@ -159,7 +189,8 @@ class FeatureAblation(PerturbationAttribution):
             layout=_layout(per_example_outputs), futures=futures,
         )  # fmt: skip
         run.check_masks(masks)
-        return ablate_each_feature(run, masks, lambda ids: None)
+        skip = _too_small(call.inputs, _holders(masks), self._min_examples_per_batch_grouped)
+        return ablate_each_feature(run, masks, lambda ids: None, skip)
 
 
 class FeaturePermutation(PerturbationAttribution):
@@ -167,7 +198,11 @@ class FeaturePermutation(PerturbationAttribution):
     and record the output's change, ``f(x) - f(x with feature p permuted)``.
 
     Shapes and dtypes as for :class:`FeatureAblation`. A batch of one example cannot be shuffled:
-    as in Captum, every attribution is then 0 (with a warning).
+    as in Captum, a feature held by an input with fewer than ``_min_examples_per_batch_grouped``
+    (Captum's attribute, default 2) entries is skipped, its attribution 0 (with a warning); set
+    lower, such a feature is refused (InputError) unless ``perm_func`` handles it. Inputs may
+    have different first dimensions (the batch is ``inputs[0]``'s); a mask with one grouping per
+    entry of such an input must give each position one credit (see :mod:`llmattr._core.features`).
 
     The default permutations are drawn as Captum draws them (``torch.randperm`` of the batch,
     redrawn while it is the identity, one per input holding a feature of the current forward and
@@ -188,6 +223,9 @@ class FeaturePermutation(PerturbationAttribution):
     ) -> None:
         super().__init__(forward_func)
         self.perm_func = perm_func
+        # Captum's attribute name: a feature held by an input with fewer entries than this is
+        # skipped (attribution 0, with a warning): there is nothing to shuffle it with
+        self._min_examples_per_batch_grouped: int | None = 2
 
     def attribute(
         self,
@@ -233,7 +271,7 @@ class FeaturePermutation(PerturbationAttribution):
         generator: torch.Generator | int | None = None,
         *,
         per_example_outputs: bool = False,
-    ) -> Future:
+    ) -> torch.Future:
         """:meth:`attribute` for a forward that returns ``torch.futures.Future``; returns a
         Future of the attributions (see :meth:`FeatureAblation.attribute_future`)."""
         return self._permutation(
@@ -256,26 +294,33 @@ class FeaturePermutation(PerturbationAttribution):
         call = perturbation_call(inputs, target, additional_forward_args)
         masks = FeatureMasks.of(feature_mask, call.inputs, allow_gaps=True)
         gen = make_generator(generator)
+        # which inputs hold which features: a forward permutes only the inputs holding one of
+        # its features (Captum's order of random draws depends on it)
+        holds = _holders(masks)
+        minimum = self._min_examples_per_batch_grouped
+        skip = _too_small(call.inputs, holds, minimum)
+        if skip is not None and bool(skip.any()):
+            warnings.warn(
+                f"FeaturePermutation shuffles features across the batch, so a batch of one "
+                f"example (or any input with fewer than {minimum} entries) gives the features it "
+                "holds attribution 0 (as in Captum); pass more examples.",
+                stacklevel=3,
+            )
+        perm_func = self.perm_func
+        if perm_func is None:
+            kept = ~skip if skip is not None else torch.ones(masks.n_features, dtype=torch.bool)
+            for i, (x, has) in enumerate(zip(call.inputs, holds)):
+                if x.shape[0] < 2 and bool((has & kept).any()):
+                    raise InputError(
+                        f"FeaturePermutation cannot permute features of input {i}: it has "
+                        f"{x.shape[0]} entries, and permuting needs at least 2. Pass more "
+                        "examples, or leave _min_examples_per_batch_grouped at 2 to skip them."
+                    )
         run = PerturbationRun(
             self.forward_func, call, call.inputs, perturbations_per_eval, show_progress,
             self.get_name(), layout=_layout(per_example_outputs), futures=futures,
         )  # fmt: skip
         run.check_masks(masks)
-        if call.batch < 2:
-            warnings.warn(
-                "FeaturePermutation shuffles features across the batch, so a batch of one "
-                "example gives every feature attribution 0 (as in Captum); pass more examples.",
-                stacklevel=3,
-            )
-            return ablate_each_feature(run, masks, lambda ids: None, skip_all=True)
-        # which inputs hold which features: a forward permutes only the inputs holding one of
-        # its features (Captum's order of random draws depends on it)
-        holds = []
-        for m in masks.masks:
-            has = torch.zeros(masks.n_features, dtype=torch.bool)
-            has[m.reshape(-1).unique().cpu()] = True
-            holds.append(has)
-        perm_func = self.perm_func
 
         def replacements(ids: Tensor) -> tuple[Tensor, ...]:
             touched = [bool(has[ids].any()) for has in holds]
@@ -308,7 +353,7 @@ class FeaturePermutation(PerturbationAttribution):
                 out.append(x[torch.stack(rows).to(x.device)])  # (k, n, ...)
             return tuple(out)
 
-        return ablate_each_feature(run, masks, replacements)
+        return ablate_each_feature(run, masks, replacements, skip)
 
 
 def _non_identity(n: int, gen: torch.Generator | None) -> Tensor:

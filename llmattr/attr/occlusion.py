@@ -8,7 +8,6 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.futures import Future
 
 from .._core.base import PerturbationAttribution
 from .._core.errors import InputError
@@ -88,7 +87,7 @@ class Occlusion(PerturbationAttribution):
         show_progress: bool = False,
         *,
         per_example_outputs: bool = False,
-    ) -> Future:
+    ) -> torch.Future:
         """llmattr (Captum's Occlusion has none): :meth:`attribute` for a forward that returns
         ``torch.futures.Future``; returns a Future of the attributions."""
         return self._occlusion(

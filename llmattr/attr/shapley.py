@@ -9,7 +9,6 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.futures import Future
 
 from .._core.base import PerturbationAttribution
 from .._core.call import Call
@@ -155,7 +154,7 @@ class ShapleyValueSampling(PerturbationAttribution):
         perturbations_per_eval: int = 1,
         show_progress: bool = False,
         generator: torch.Generator | int | None = None,
-    ) -> Future:
+    ) -> torch.Future:
         """:meth:`attribute` for a forward that returns ``torch.futures.Future``: every forward
         is issued at once; the returned Future holds the attributions once all outputs arrived
         (an error in one of them is set on it)."""
@@ -288,7 +287,7 @@ class ShapleyValues(ShapleyValueSampling):
         n_samples: int = 25,
         perturbations_per_eval: int = 1,
         show_progress: bool = False,
-    ) -> Future:
+    ) -> torch.Future:
         """:meth:`attribute` for a forward that returns ``torch.futures.Future``; returns a
         Future of the attributions. ``n_samples`` is ignored (Captum's signature, inherited
         from ShapleyValueSampling)."""
