@@ -22,9 +22,12 @@ EXPECTED: dict[str, tuple[list[str], int]] = {
         [
             "LlamaForCausalLM",
             "generated: ['red'] with probability",
-            "ShapleyValueSampling: top red@6",
+            # converged Shapley sampling credits the queried box, then the colour it looks up;
+            # Lime's surrogate puts the colour first; every method has it in its top three
+            "ShapleyValueSampling: top two@28, red@6",
             "Lime: top red@6",
             "methods rank the decisive word first",
+            "7 of 7 methods rank the decisive word in their top three",
             "max |exact - sampled| = 0.",
             "7 sections",
         ],

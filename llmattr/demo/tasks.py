@@ -1,8 +1,10 @@
 """The demo model's tasks: synthetic prompts whose decisive words are known by construction.
 
 Every prompt is plain words separated by single spaces, and the demo tokenizer has one token per
-word, so word ``i`` of ``prompt.split()`` is feature ``i`` of ``TextTokenInput(prompt, tok)`` and
-of ``words(prompt, tok)`` alike (the BOS token the tokenizer adds is never a feature).
+word, so word ``i`` of ``prompt.split()`` is feature ``i`` of ``words(prompt, tok)`` and of
+``TextTokenInput(prompt, tok, skip_tokens=[tok.bos_token_id])`` alike. A plain
+``TextTokenInput(prompt, tok)`` keeps the BOS token the tokenizer adds as feature 0 (as Captum
+does), so there word ``i`` is feature ``i + 1``; the indices in :class:`Example` count words.
 
 * ``recall`` — key–value recall: ``the key of box seven is red . the key of box two is blue .
   the key of box seven is`` → ``red``. Decisive: the value of the queried box (``red``).

@@ -37,7 +37,7 @@ from .gradient_any import (
     target_tokens,
 )
 from .inputs import _TokenFeatures
-from .llm_attr import _pad_id, target_info
+from .llm_attr import _pad_id, output_token_texts, target_info
 from .result import LLMAttributionResult
 from .scorer import Scorer, model_device, rows_that_fit
 
@@ -147,8 +147,10 @@ class LLMGradientAttribution(Attribution):
 
         Returns:
             An :class:`LLMAttributionResult` (a list for a list of inputs): ``token_attr``
-            ``(n_target_tokens, n_features)``, ``seq_attr`` its column sums, ``output_probs``
-            the target tokens' probabilities (Captum leaves it None).
+            ``(n_target_tokens, n_features)``, ``seq_attr`` its column sums, ``input_tokens``
+            the input's ``values``, ``output_tokens`` the target tokens as readable text (as
+            Captum decodes them), ``output_probs`` the target tokens' probabilities (Captum
+            leaves it None), and ``inp``.
         """
         kwargs = {**kwargs, "show_progress": bool(show_progress)}
         if isinstance(inp, list | tuple):
@@ -234,11 +236,12 @@ class LLMGradientAttribution(Attribution):
         return LLMAttributionResult(
             seq_attr=token_attr.sum(0),
             token_attr=token_attr,
-            input_tokens=inp.format_tokens(),
-            output_tokens=self.tokenizer.convert_ids_to_tokens(target_ids.tolist()),
+            input_tokens=list(inp.values),
+            output_tokens=output_token_texts(self.tokenizer, target_ids),
             output_probs=probs,
             method=type(self.attr_method).__name__,
             info=target_info(self.tokenizer, target_ids),
+            inp=inp,
         )
 
     def _fast(
