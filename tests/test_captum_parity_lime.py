@@ -295,3 +295,139 @@ def test_per_example_masks_baselines_and_targets_as_captum(cls: str) -> None:
     )  # fmt: skip
     assert isinstance(mine, tuple) and mine[0].dtype == theirs[0].dtype == torch.float32
     close(theirs, mine, atol=2e-6)
+
+
+# --- class hierarchy, empty inputs, the fast path ---------------------------------------------
+
+
+def test_kernel_shap_is_a_lime_as_in_captum() -> None:
+    """Captum's KernelShap subclasses Lime (its tests re-seed per example otherwise)."""
+    from llmattr.attr import kernel_shap, lime
+
+    assert issubclass(captum_attr.KernelShap, captum_attr.Lime)
+    assert issubclass(ours.KernelShap, ours.Lime) and issubclass(ours.Lime, ours.LimeBase)
+    ks = ours.KernelShap(net())
+    assert isinstance(ks, ours.Lime) and isinstance(ks, ours.LimeBase)
+    assert ks.interpretable_model is None and ks.perturb_func is None
+    # re-exported from lime without an import cycle
+    assert lime.KernelShap is kernel_shap.KernelShap is ours.KernelShap
+    assert lime.shapley_kernel_samples is kernel_shap.shapley_kernel_samples
+    with pytest.raises(AttributeError):
+        lime.NoSuchThing  # noqa: B018
+
+
+def test_lime_with_an_empty_input_as_captum() -> None:
+    """A ``(1, 0)`` input (and its empty mask) takes part as in Captum: no features, no
+    attributions, the other input's as without it."""
+    lin = nn.Linear(7, 1).double()
+
+    def f(a: Tensor, b: Tensor) -> Tensor:
+        return lin(a) + b.sum(1, keepdim=True)
+
+    a = torch.tensor([[23.0, 0.0, 0.0, 23.0, 0.0, 0.0, 23.0]], dtype=F64)
+    empty = torch.zeros(1, 0, dtype=F64)
+    masks = (torch.arange(7).reshape(1, 7), torch.zeros(1, 0, dtype=torch.long))
+    for kw in ({}, {"feature_mask": masks}):
+        for shape in (True, False):
+            theirs, mine = both(
+                lambda: captum_attr.Lime(f), lambda: ours.Lime(f),
+                (a, empty), n_samples=60, return_input_shape=shape, **kw,
+            )  # fmt: skip
+            close(theirs, mine, atol=2e-5)
+    assert mine.shape == (1, 7)
+    ks_theirs, ks_mine = both(
+        lambda: captum_attr.KernelShap(f), lambda: ours.KernelShap(f), (a, empty), n_samples=40
+    )
+    assert ks_mine[1].shape == ks_theirs[1].shape == (1, 0)
+    # llmattr's exact fit: complete
+    total = ks_mine[0].sum()
+    torch.testing.assert_close(total, (f(a, empty) - f(torch.zeros_like(a), empty)).sum())
+
+
+def _stream_after(run: Any, seed: int = 5) -> tuple[Any, Tensor]:
+    torch.manual_seed(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = run()
+    return out, torch.rand(4)  # the global stream where the call left it
+
+
+@pytest.mark.parametrize("which", ["lime", "lime_lr", "ks", "ks_sklearn"])
+def test_batched_fast_path_keeps_captums_samples_and_stream(which: str) -> None:
+    """All examples' samples evaluated together: the same attributions as Captum, the global
+    random stream left where Captum leaves it, and the same numbers as example by example."""
+    model = net(6, 2)
+    x, b = torch.randn(4, 6, dtype=F64), torch.randn(1, 6, dtype=F64)
+    mask = torch.tensor([[0, 0, 1, 2, 3, 3]])
+    kw = dict(baselines=b, target=1, feature_mask=mask, n_samples=40, perturbations_per_eval=3)
+    if which.startswith("lime"):
+        extra = (
+            {"interpretable_model": ours.SkLearnLinearRegression()} if which == "lime_lr" else {}
+        )
+        theirs_extra = (
+            {"interpretable_model": captum_linear.SkLearnLinearRegression()} if extra else {}
+        )
+        mk_c = lambda: captum_attr.Lime(model, **theirs_extra)  # noqa: E731
+        mk_m = lambda: ours.Lime(model, **extra)  # noqa: E731
+    else:
+        extra = {"interpretable_model": ours.SkLearnLinearRegression()} if which != "ks" else {}
+        mk_c = lambda: captum_attr.KernelShap(model)  # noqa: E731
+        mk_m = lambda: ours.KernelShap(model, **extra)  # noqa: E731
+    theirs, after_c = _stream_after(lambda: mk_c().attribute(x, **kw))
+    fast = mk_m()
+    calls: list[int] = []
+    original = fast.forward_func
+    fast.forward_func = lambda z: (calls.append(z.shape[0]), original(z))[1]
+    mine, after_m = _stream_after(lambda: fast.attribute(x, **kw))
+    # the batch, then 3 samples of all 4 examples per forward (the default KernelShap fit
+    # needs no forward of the full coalition: 39 samples)
+    n = 39 if which == "ks" else 40
+    assert calls == [4] + [12] * (n // 3) + ([4 * (n % 3)] if n % 3 else [])
+    assert torch.equal(after_c, after_m)
+    if which != "ks":  # (llmattr's default KernelShap fit is exact, Captum's is not)
+        close(theirs, mine, atol=2e-6)
+    slow = mk_m()
+    slow._all_at_once = lambda run: False  # type: ignore[method-assign]
+    if which.startswith("ks"):  # the example-by-example path of KernelShap
+        slow._per_example = lambda run: False  # type: ignore[method-assign]
+    one_by_one, after_s = _stream_after(lambda: slow.attribute(x, **kw))
+    assert torch.equal(after_s, after_m)
+    torch.testing.assert_close(one_by_one, mine, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("n", [2, 3, 7, 16, 17, 40])
+def test_kernel_coalitions_are_the_multinomial_draws_bit_for_bit(n: int) -> None:
+    """llmattr draws the coalition sizes as argmax(p / Exp(1)) instead of calling
+    ``torch.multinomial(p, 1)`` once per draw: the same sizes, normals and random stream."""
+    from llmattr.attr.kernel_shap import shapley_kernel_samples
+
+    sizes = torch.arange(n, dtype=torch.float32)
+    probs = torch.tensor(n - 1) / (sizes * (n - sizes))
+    probs[0] = 0.0
+    probs = (probs / probs.sum()).reshape(1, -1)
+    for seed in range(5):
+        torch.manual_seed(seed)
+        expected = []
+        for _ in range(60):  # Captum's loop
+            s = int(torch.multinomial(probs, 1, True).item())
+            rand = torch.randn(1, n)
+            expected.append(rand > torch.kthvalue(rand, n - s).values)
+        after_reference = torch.rand(3)
+        torch.manual_seed(seed)
+        drawn = shapley_kernel_samples(n, 60, None)
+        assert torch.equal(drawn, torch.cat(expected))
+        assert torch.equal(torch.rand(3), after_reference)
+
+
+def test_kernel_coalitions_with_a_generator_are_vectorized_and_reproducible() -> None:
+    from llmattr.attr.kernel_shap import shapley_kernel_samples
+
+    state = torch.get_rng_state()
+    a = shapley_kernel_samples(9, 500, torch.Generator().manual_seed(3))
+    assert torch.equal(torch.get_rng_state(), state)  # the global stream is untouched
+    assert torch.equal(a, shapley_kernel_samples(9, 500, torch.Generator().manual_seed(3)))
+    size = a.sum(1)
+    assert bool(((size >= 1) & (size <= 8)).all())
+    # sizes follow the Shapley kernel: extreme sizes are the most frequent
+    counts = torch.bincount(size, minlength=9).double()
+    assert counts[1] > counts[4] and counts[8] > counts[4]

@@ -201,6 +201,16 @@ def per_example(seen: list[Tensor], batch: int, n: int, ppe: int) -> list[Tensor
     return [torch.cat(calls[e * per + 1 : (e + 1) * per]) for e in range(batch)]
 
 
+def all_at_once(seen: list[Tensor], batch: int, n: int, ppe: int) -> list[Tensor]:
+    """The samples each example was evaluated on when Lime's fast path evaluates every
+    example's samples together: after the batch's own forward, ``ppe`` samples of every
+    example per forward (rows ``sample * batch + example``)."""
+    calls = seen[1:]
+    assert len(calls) == math.ceil(n / ppe)
+    rows = torch.cat(calls).reshape(n, batch, *calls[0].shape[1:])
+    return list(rows.unbind(1))
+
+
 def recording(model: Any) -> tuple[Any, list[Tensor]]:
     seen: list[Tensor] = []
 
@@ -230,7 +240,8 @@ def test_default_sampler_and_kernel_match_a_hand_made_weighted_fit(mode: str, pp
     n = 25
     attr = lime.attribute(x, b, n_samples=n, perturbations_per_eval=ppe, generator=5,
                           return_input_shape=False)  # fmt: skip
-    perturbed = torch.stack(per_example(seen, 2, n, ppe), 1)  # (n, batch, 4)
+    # the default pieces take the fast path: all examples' samples evaluated together
+    perturbed = torch.stack(all_at_once(seen, 2, n, ppe), 1)  # (n, batch, 4)
     Z = perturbed == x
     # as Captum: each example its own samples, Bernoulli(1/2) drawn example after example
     drawn = torch.bernoulli(torch.full((2 * n, 4), 0.5), generator=torch.Generator().manual_seed(5))
@@ -502,3 +513,25 @@ def test_warns_about_very_many_features_as_captum() -> None:
     lime = Lime(lambda z: z.sum(1), interpretable_model=Zeros())
     with pytest.warns(UserWarning, match="10001 features"):
         lime.attribute(torch.ones(1, 10001), n_samples=2)
+
+
+@pytest.mark.parametrize("cls", ["Lime", "KernelShap"])
+def test_fast_path_with_several_outputs_equals_example_by_example(cls: str) -> None:
+    """Several outputs per example (an llmattr extension): Captum-style models are fitted once
+    per output, and the fast path accounts for each fit's draws."""
+    import llmattr.attr as attr_mod
+
+    model = torch.nn.Linear(4, 3).double()
+    x = torch.randn(3, 4, dtype=F64)
+    results = []
+    for fast in (True, False):
+        explainer = getattr(attr_mod, cls)(model, attr_mod.SkLearnLinearRegression())
+        if not fast:
+            explainer._all_at_once = lambda run: False
+            explainer._per_example = lambda run: False
+        torch.manual_seed(3)
+        out = explainer.attribute(x, n_samples=30)
+        results.append((out, torch.rand(2)))
+    assert results[0][0].shape == (3, 3, 4)
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=0, atol=1e-9)
+    assert torch.equal(results[0][1], results[1][1])

@@ -172,8 +172,10 @@ class SampledSurrogate(PerturbationAttribution):
             if kernel is not None:  # Lime's default, for the whole chunk at once
                 weights[start:end] = _exp_kernel(original, _flat(stacked, k), *kernel)
             elif similarity is not None:
+                # split by the known batch, not -1: an empty input has no size to infer
+                per = run.call.batch
                 for j in range(k):
-                    own = tuple(t.reshape(k, -1, *t.shape[1:])[j] for t in stacked)
+                    own = tuple(t.reshape(k, per, *t.shape[1:])[j] for t in stacked)
                     value = similarity(
                         group.inputs, run.call.result(list(own)), raw[start + j], **group.kwargs
                     )
@@ -182,6 +184,46 @@ class SampledSurrogate(PerturbationAttribution):
 
         def fold(start: int, end: int, out: Tensor) -> None:
             outputs[start:end] = out.reshape(end - start, -1)
+
+        run.evaluate(n, build, fold)
+        return outputs, weights
+
+    @staticmethod
+    def _per_example(run: PerturbationRun) -> bool:
+        """Whether each example is a group of its own (one output row per example)."""
+        return run.rows == run.call.batch and run.call.batch > 1
+
+    @staticmethod
+    def _evaluate_all(
+        run: PerturbationRun, masks: FeatureMasks, samples: Tensor, kernel: Any
+    ) -> tuple[Tensor, Tensor]:
+        """Evaluate every example's samples in one run (the fast path of per-example groups).
+
+        Args:
+            samples: ``(n, batch, n_features)``, sample ``j`` of example ``e`` at ``[j, e]``;
+                nonzero entries are present features.
+            kernel: ``(mode, width)`` of the exponential-kernel similarity, or None for unit
+                weights.
+
+        Returns:
+            Outputs ``(n, batch, n_outputs)`` and weights ``(n, batch)``, float64.
+        """
+        n, batch = samples.shape[0], samples.shape[1]
+        outputs = torch.empty(n, batch, run.n_outputs, dtype=torch.float64)
+        weights = torch.ones(n, batch, dtype=torch.float64)
+        original = _flat(run.call.inputs, batch)  # (batch, elements)
+        device = masks.masks[0].device
+
+        def build(start: int, end: int) -> tuple[Tensor, ...]:
+            stacked = run.perturbed(masks.absent((samples[start:end] != 0).to(device)))
+            if kernel is not None:
+                k = end - start
+                both = _exp_kernel(original.repeat(k, 1), _flat(stacked, k * batch), *kernel)
+                weights[start:end] = both.reshape(k, batch)
+            return stacked
+
+        def fold(start: int, end: int, out: Tensor) -> None:
+            outputs[start:end] = out
 
         run.evaluate(n, build, fold)
         return outputs, weights
@@ -222,6 +264,31 @@ class SampledSurrogate(PerturbationAttribution):
         return credits.reshape(run.rows, *run.out_shape, masks.n_features).to(run._dtype())
 
 
+def fits_like_captum_regression(model: Any) -> bool:
+    """Whether fitting ``model`` draws from torch's global generator exactly what Captum's
+    ``SkLearnLinearRegression`` fit draws (a DataLoader seed and a fresh ``nn.Linear(n, 1)``'s
+    weights and bias), or nothing at all (llmattr's surrogates): then samples can be drawn for
+    all examples before any fit, and the stream stays Captum's."""
+    from .linear_models import SkLearnLinearModel
+
+    if isinstance(model, InterpretableModel):
+        return True
+    return (
+        isinstance(model, SkLearnLinearModel)
+        and type(model).__module__ == SkLearnLinearModel.__module__
+    )
+
+
+def captum_fit_draws(model: Any, n: int, generator: torch.Generator | None = None) -> None:
+    """Draw what fitting ``model`` (see :func:`fits_like_captum_regression`) on ``n`` features
+    draws from the generator."""
+    if isinstance(model, InterpretableModel):
+        return
+    torch.empty((), dtype=torch.int64).random_(generator=generator)
+    torch.empty(1, n).uniform_(generator=generator)
+    torch.empty(1).uniform_(generator=generator)
+
+
 def fit_captum_model(model: Any, X: Tensor, y: Tensor, w: Tensor) -> Any:
     """Fit a Captum-style model as Captum does and return its ``representation()``.
 
@@ -233,9 +300,33 @@ def fit_captum_model(model: Any, X: Tensor, y: Tensor, w: Tensor) -> Any:
     """
     from torch.utils.data import DataLoader, TensorDataset
 
-    data = TensorDataset(X.float(), y.float(), w.float())
-    model.fit(DataLoader(data, batch_size=X.shape[0]))
+    from . import linear_models
+
+    if type(model).__module__ == linear_models.__name__:
+        # one of llmattr's own models: they only iterate the data and take its len, so a
+        # one-batch stand-in gives them the same float32 tensors (a DataLoader collates the
+        # same rows, one at a time, which is slow) and the same global random draws
+        model.fit(_OneBatch(X.float(), y.float(), w.float()))
+    else:
+        data = TensorDataset(X.float(), y.float(), w.float())
+        model.fit(DataLoader(data, batch_size=X.shape[0]))
     return model.representation()
+
+
+class _OneBatch:
+    """A stand-in for ``DataLoader(TensorDataset(x, y, w), batch_size=len(x))``: one batch per
+    pass, and, per pass, the one draw from torch's global generator a DataLoader's iterator
+    makes (its base seed), so the random stream after a fit is the same."""
+
+    def __init__(self, *tensors: Tensor) -> None:
+        self.tensors = tensors
+
+    def __len__(self) -> int:
+        return 1
+
+    def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
+        torch.empty((), dtype=torch.int64).random_()
+        yield self.tensors
 
 
 def check_interpretable_model(model: Any) -> None:

@@ -21,10 +21,18 @@ import torch
 from torch import Tensor
 
 from .._core.call import Call
+from .._core.features import FeatureMasks
 from .._core.inputs import BaselineType, TensorOrTuple, format_baselines
 from .._core.perturbation import PerturbationRun, check_positive_int, make_generator
 from .._core.targets import TargetType
-from ._sampled import SampledSurrogate, check_interpretable_model, lime_feature_masks
+from ._sampled import (
+    SampledSurrogate,
+    captum_fit_draws,
+    check_interpretable_model,
+    fits_like_captum_regression,
+    lime_feature_masks,
+)
+from .lime import Lime
 from .surrogates import LinearRegression
 
 __all__ = ["KernelShap", "shapley_kernel_samples"]
@@ -33,7 +41,7 @@ __all__ = ["KernelShap", "shapley_kernel_samples"]
 INF_WEIGHT = 1e6
 
 
-class KernelShap(SampledSurrogate):
+class KernelShap(Lime):
     """KernelShap: Shapley values from a linear fit on coalitions drawn from the Shapley kernel.
 
     Args:
@@ -46,9 +54,16 @@ class KernelShap(SampledSurrogate):
     """
 
     def __init__(self, forward_func: Callable[..., Any], interpretable_model: Any = None) -> None:
-        super().__init__(forward_func)
+        # a Lime (as Captum's KernelShap is, so isinstance checks hold), but not Lime.__init__:
+        # KernelShap draws its own coalitions and, by default, fits no interpretable model
+        SampledSurrogate.__init__(self, forward_func)
         check_interpretable_model(interpretable_model)
         self.interpretable_model = interpretable_model
+        self.similarity_func = None
+        self.perturb_func = None
+        self.from_interp_rep_transform = None
+        self.to_interp_rep_transform = None
+        self.perturb_interpretable_space = True
 
     def attribute(
         self,
@@ -95,6 +110,9 @@ class KernelShap(SampledSurrogate):
         run.check_masks(masks)
         n = masks.n_features
         gen = make_generator(generator)
+        model = self.interpretable_model
+        if self._per_example(run) and (model is None or fits_like_captum_regression(model)):
+            return self._attribute_all(run, masks, n_samples, gen, return_input_shape)
         coefs = []
         for group in self._groups(run, masks, {}):
             # Captum's sequence per example: the full and the empty coalition, then
@@ -115,6 +133,45 @@ class KernelShap(SampledSurrogate):
                 _constrained_fit(samples[1:], outputs[1:], outputs[0], group.run.initial[0])
             )
             _draw_like_captums_fit(n, gen)
+        return self._result(run, masks, torch.stack(coefs), return_input_shape)
+
+    def _attribute_all(
+        self,
+        run: PerturbationRun,
+        masks: FeatureMasks,
+        n_samples: int,
+        gen: torch.Generator | None,
+        return_input_shape: bool,
+    ) -> TensorOrTuple:
+        """Captum's numbers, faster: every example's coalitions drawn in Captum's order (with
+        the draws of Captum's fit in between), evaluated in one run, then each example fitted."""
+        n, batch, model = masks.n_features, run.call.batch, self.interpretable_model
+        full, empty = torch.ones(1, n, dtype=torch.bool), torch.zeros(1, n, dtype=torch.bool)
+        drawn = []
+        for _ in range(batch):
+            coalitions = shapley_kernel_samples(n, max(n_samples - 2, 0), gen)
+            if model is None:  # the full coalition's output is the unperturbed one
+                drawn.append(torch.cat([empty, coalitions]))
+                _draw_like_captums_fit(n, gen)
+            else:
+                drawn.append(torch.cat([full, empty, coalitions])[:n_samples])
+                for _ in range(run.n_outputs):  # one fit per output
+                    captum_fit_draws(model, n)
+        samples = torch.stack(drawn, 1).double()  # (samples, batch, n)
+        outputs, _ = self._evaluate_all(run, masks, samples, None)
+        if model is None:
+            coefs = [
+                _constrained_fit(samples[1:, e], outputs[1:, e], outputs[0, e], run.initial[e])
+                for e in range(batch)
+            ]
+            return self._result(run, masks, torch.stack(coefs), return_input_shape)
+        size = samples[:, 0].sum(1)
+        weights = torch.where((size == 0) | (size == n), INF_WEIGHT, 1.0).double()
+        state = torch.get_rng_state()  # the fits' own draws were made above already
+        try:
+            coefs = [self._fit(model, samples[:, e], outputs[:, e], weights) for e in range(batch)]
+        finally:
+            torch.set_rng_state(state)
         return self._result(run, masks, torch.stack(coefs), return_input_shape)
 
 
@@ -153,8 +210,11 @@ def shapley_kernel_samples(n: int, n_samples: int, generator: torch.Generator | 
     """``(n_samples, n)`` bool coalitions drawn from the Shapley kernel, as Captum draws them.
 
     Each draw takes a size ``s`` in ``1 .. n - 1`` with probability ``∝ (n - 1) / (s (n - s))``
-    (``torch.multinomial`` over Captum's float32 probabilities) and then keeps the ``s``
-    features with the largest of ``n`` standard normal values, one draw after the other.
+    (Captum: ``torch.multinomial`` over float32 probabilities) and then keeps the ``s`` features
+    with the largest of ``n`` standard normal values. On torch's global generator the draws
+    follow one another as Captum's do, so a seed gives Captum's coalitions; with an explicit
+    ``generator`` (llmattr's argument, no order owed) all sizes and all normals are drawn in
+    two calls.
     """
     if n < 2:  # no coalition but the empty and the full one
         return torch.zeros(0, n, dtype=torch.bool)
@@ -162,11 +222,19 @@ def shapley_kernel_samples(n: int, n_samples: int, generator: torch.Generator | 
     probs = torch.tensor(n - 1) / (sizes * (n - sizes))
     probs[0] = 0.0
     probs = (probs / probs.sum()).reshape(1, -1)
-    drawn = torch.empty(n_samples, 1, dtype=torch.long)
+    # torch.multinomial(probs, 1) is argmax(probs / q) for q ~ Exp(1) shaped like probs, drawn
+    # on the same generator (torch's one-sample path); drawing q ourselves gives the same sizes
+    # and the same stream without multinomial's per-call validity check, its main cost
+    exp = torch.empty(n_samples, n)
     values = torch.empty(n_samples, n)
-    for i in range(n_samples):  # interleaved draws: Captum's random stream, one call at a time
-        torch.multinomial(probs, 1, True, generator=generator, out=drawn[i : i + 1])
-        torch.randn(1, n, generator=generator, out=values[i : i + 1])
+    if generator is not None:
+        exp.exponential_(generator=generator)
+        values.normal_(generator=generator)
+    else:
+        for i in range(n_samples):  # interleaved draws: Captum's random stream
+            exp[i : i + 1].exponential_()
+            torch.randn(1, n, out=values[i : i + 1])
+    drawn = torch.div(probs, exp).argmax(dim=1, keepdim=True)
     # "above the (n - s)-th smallest value" is "among the s largest" (normals do not tie)
     ranks = values.argsort(dim=1, descending=True).argsort(dim=1)
     return ranks < drawn

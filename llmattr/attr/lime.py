@@ -7,6 +7,12 @@ each example of a batch gets its own samples and its own fit when the forward re
 per example, and the default sampler draws with ``torch.bernoulli`` in Captum's order, so the
 same ``torch.manual_seed`` gives Captum's samples (and, with the same interpretable model,
 Captum's attributions).
+
+With the default sampler, transforms and similarity and a surrogate whose fit draws a known
+amount of randomness (llmattr's ``SkLearn*`` models and torch surrogates), every example's
+samples are drawn first (in Captum's order, the fits' draws in between), then evaluated
+together, ``perturbations_per_eval`` samples of every example per forward, then fitted: the
+same numbers and the same global random stream, in far fewer forwards.
 """
 
 from __future__ import annotations
@@ -26,20 +32,37 @@ from .._core.features import FeatureMasks
 from .._core.inputs import BaselineType, TensorOrTuple, as_tuple, format_baselines
 from .._core.perturbation import PerturbationRun, check_positive_int, make_generator
 from .._core.targets import TargetType
-from ._sampled import Group, SampledSurrogate, check_interpretable_model, lime_feature_masks
-from .kernel_shap import KernelShap, shapley_kernel_samples
+from ._sampled import (
+    Group,
+    SampledSurrogate,
+    captum_fit_draws,
+    check_interpretable_model,
+    fits_like_captum_regression,
+    lime_feature_masks,
+)
 from .lime_base import LimeBase
 from .surrogates import Lasso
 
 __all__ = [
-    "KernelShap",
+    "KernelShap",  # noqa: F822 (lazy: see __getattr__)
     "Lime",
     "LimeBase",
     "default_lime_model",
     "exp_kernel_similarity",
     "get_exp_kernel_similarity_function",
-    "shapley_kernel_samples",
+    "shapley_kernel_samples",  # noqa: F822
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # KernelShap subclasses Lime (as in Captum), so kernel_shap imports this module; it is
+    # re-exported here lazily, which keeps ``from llmattr.attr.lime import KernelShap`` working
+    # without an import cycle
+    if name in ("KernelShap", "shapley_kernel_samples"):
+        from . import kernel_shap
+
+        return getattr(kernel_shap, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def exp_kernel_similarity(
@@ -203,6 +226,8 @@ class Lime(LimeBase):
         run.check_masks(masks)
         gen = make_generator(generator)
         extra = {} if generator is None else {"generator": gen}
+        if self._all_at_once(run):
+            return self._attribute_all(run, masks, n_samples, gen, return_input_shape)
         coefs = []
         for group in self._groups(run, masks, extra):
             # per group, in Captum's order: draw every sample, evaluate them, fit
@@ -216,9 +241,54 @@ class Lime(LimeBase):
                 make_input = functools.partial(
                     _from_interp, self.from_interp_rep_transform, raw, group
                 )
-            samples = torch.stack([_as_sample(s, masks) for s in raw])
+            if self.perturb_func is None and self.to_interp_rep_transform is None:
+                samples = torch.cat(raw).double()  # the default sampler's (1, n) rows
+            else:
+                samples = torch.stack([_as_sample(s, masks) for s in raw])
             outputs, weights = self._evaluate(group, raw, samples, make_input, self.similarity_func)
             coefs.append(self._fit(self.interpretable_model, samples, outputs, weights))
+        return self._result(run, masks, torch.stack(coefs), return_input_shape)
+
+    def _all_at_once(self, run: PerturbationRun) -> bool:
+        """Whether the fast path gives the same numbers: per-example groups with the default
+        sampler, transforms and similarity, and a surrogate whose fit draws a known amount of
+        randomness (so every example's samples can be drawn before the first fit)."""
+        return (
+            self._per_example(run)
+            and self.perturb_func is None
+            and self.from_interp_rep_transform is None
+            and self.to_interp_rep_transform is None
+            and getattr(self.similarity_func, "_kernel", None) is not None
+            and fits_like_captum_regression(self.interpretable_model)
+        )
+
+    def _attribute_all(
+        self,
+        run: PerturbationRun,
+        masks: FeatureMasks,
+        n_samples: int,
+        gen: torch.Generator | None,
+        return_input_shape: bool,
+    ) -> TensorOrTuple:
+        """Captum's numbers, faster: every example's samples drawn in Captum's order (with the
+        fit's draws in between), evaluated in one run, then each example fitted."""
+        n, batch = masks.n_features, run.call.batch
+        drawn = []
+        for _ in range(batch):
+            drawn.append(torch.bernoulli(torch.full((n_samples, n), 0.5), generator=gen))
+            for _ in range(run.n_outputs):  # one fit per output
+                captum_fit_draws(self.interpretable_model, n)
+        samples = torch.stack(drawn, 1).double()  # (n_samples, batch, n)
+        kernel = self.similarity_func._kernel  # type: ignore[union-attr]
+        outputs, weights = self._evaluate_all(run, masks, samples, kernel)
+        state = torch.get_rng_state()  # the fits' own draws were made above already
+        try:
+            coefs = [
+                self._fit(self.interpretable_model, samples[:, e], outputs[:, e], weights[:, e])
+                for e in range(batch)
+            ]
+        finally:
+            torch.set_rng_state(state)
         return self._result(run, masks, torch.stack(coefs), return_input_shape)
 
     def _draw(self, group: Group, n_samples: int, gen: torch.Generator | None) -> list[Any]:
