@@ -16,25 +16,14 @@ from torch import Tensor, nn
 
 captum_attr = pytest.importorskip("captum.attr")
 
+from test_captum_parity_layer import MLP  # noqa: E402
+
 import llmattr  # noqa: E402
 from llmattr.attr.integrated_gradients import step_rule  # noqa: E402
 
 F64 = torch.float64
 
 pytestmark = pytest.mark.filterwarnings("ignore")
-
-
-class MLP(nn.Module):
-    def __init__(self, inplace: bool = False) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(4, 6)
-        self.relu = nn.ReLU(inplace=inplace)
-        self.fc2 = nn.Linear(6, 5)
-        self.act = nn.Tanh()
-        self.fc3 = nn.Linear(5, 3)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc3(self.act(self.fc2(self.relu(self.fc1(x)))))
 
 
 class Skip(nn.Module):
