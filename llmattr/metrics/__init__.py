@@ -1,6 +1,21 @@
-"""Metrics that judge attributions: faithfulness of a ranking of prompt features, and
-completeness of attributions that should sum to the change of the target's log-probability."""
+"""Metrics that judge attributions: faithfulness of a ranking of prompt features, completeness of
+attributions that should sum to the change of the target's log-probability, and faithfulness
+curves for images (deletion, insertion, pixel flipping, ROAD)."""
 
 from .faithfulness import Completeness, Faithfulness, completeness, faithfulness, top_features
+from .image import CurveResult, deletion_curve, insertion_curve, pixel_flipping
+from .road import NoisyLinearImputer, road
 
-__all__ = ["Completeness", "Faithfulness", "completeness", "faithfulness", "top_features"]
+__all__ = [
+    "Completeness",
+    "CurveResult",
+    "Faithfulness",
+    "NoisyLinearImputer",
+    "completeness",
+    "deletion_curve",
+    "faithfulness",
+    "insertion_curve",
+    "pixel_flipping",
+    "road",
+    "top_features",
+]
