@@ -155,6 +155,12 @@ def _target_ids(
     return ids.cpu()
 
 
+def _is_image_input(inp: Any) -> bool:
+    """An input of a vision-language model (ImageMaskInput, MultimodalInput): its features are
+    image regions (and words), and it builds the processor's output for each perturbation."""
+    return callable(getattr(inp, "perturbed_model_inputs", None))
+
+
 def _check_kwargs(method: Any, kwargs: dict[str, Any], ours: set[str]) -> None:
     accepted = set(inspect.signature(method.attribute).parameters) - {"inputs", "self"}
     unknown = sorted(set(kwargs) - accepted - ours)
@@ -217,7 +223,8 @@ class LLMAttribution(Attribution):
 
         Args:
             inp: a text input (``TextTokenInput``, ``TextTemplateInput``, ``words(...)``, ...),
-                or a list of them (one result each).
+                an image input of a vision-language model (``ImageMaskInput``,
+                ``MultimodalInput``), or a list of them (one result each).
             target: the continuation to explain: a string, token ids, or None to generate
                 greedily with ``gen_args``. A string is tokenized without special tokens (no
                 BOS/EOS is added, so the target is exactly the text written); a special token
@@ -253,9 +260,9 @@ class LLMAttribution(Attribution):
             )
         del use_cached_outputs, forward_in_tokens  # the scorer is exact and cached in any case
         args = (target, skip_tokens, num_trials, gen_args, foil, perturbations_per_eval, kwargs)
-        if not isinstance(inp, _TokenFeatures | TextTemplateInput):
+        if not isinstance(inp, _TokenFeatures | TextTemplateInput) and not _is_image_input(inp):
             return [self._attribute_one(i, *args) for i in inp]
-        return self._attribute_one(inp, *args)
+        return self._attribute_one(cast(TextInput, inp), *args)
 
     def _attribute_one(
         self,
@@ -268,10 +275,12 @@ class LLMAttribution(Attribution):
         perturbations_per_eval: int | str | None,
         kwargs: dict[str, Any],
     ) -> LLMAttributionResult:
-        if not isinstance(inp, _TokenFeatures | TextTemplateInput):
+        image = _is_image_input(inp)
+        if not image and not isinstance(inp, _TokenFeatures | TextTemplateInput):
             raise UnsupportedError(
                 "LLMAttribution takes TextTokenInput, TextTemplateInput, TextSpanInput (words(), "
-                f"sentences(), chat_turns()) or a list of them, got {type(inp).__name__}."
+                "sentences(), chat_turns()), ImageMaskInput, MultimodalInput or a list of them, "
+                f"got {type(inp).__name__}."
             )
         if target is not None and gen_args is not None:
             raise InputError(
@@ -294,6 +303,13 @@ class LLMAttribution(Attribution):
                     f"perturbations_per_eval must be a positive int, None or 'auto', got {ppe!r}."
                 )
             rows_per_forward = prompts_per_call = ppe
+        if image:  # a vision-language model: its own scorer (llmattr.vision.vlm_scorer)
+            from ..vision.vlm_scorer import attribute_vlm
+
+            return cast(LLMAttributionResult, attribute_vlm(
+                self, inp, target, skip_tokens, num_trials, gen_args, foil,
+                rows_per_forward, prompts_per_call, kwargs,
+            ))  # fmt: skip
         if isinstance(inp, TextTemplateInput):
             inp.tokenizer = self.tokenizer
         prompt = inp.prompt_ids()

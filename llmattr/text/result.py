@@ -108,6 +108,89 @@ class LLMAttributionResult:
         drawn = plot_seq_attr(self.seq_attr, self.input_tokens, ax=ax, show=show)
         return None if show else drawn
 
+    def _rows(self, target_token_pos: int | tuple[int, int] | None) -> Tensor:
+        """``seq_attr`` (None), one target token's row (int), or rows ``m..n-1`` summed."""
+        if target_token_pos is None:
+            return self.seq_attr
+        if self.token_attr is None:
+            raise ValueError(
+                "token_attr is None (Lime and KernelShap explain the whole target only); use "
+                "target_token_pos=None for the sequence attribution."
+            )
+        if isinstance(target_token_pos, int):
+            return self.token_attr[target_token_pos]
+        start, end = target_token_pos
+        return self.token_attr[start:end].sum(0)
+
+    def plot_image_heatmap(
+        self,
+        show: bool = False,
+        target_token_pos: int | tuple[int, int] | None = None,
+        border_width: int = 2,
+        show_legends: bool = True,
+    ) -> tuple[Any, Any] | None:
+        """The input's image (grey) under a diverging heatmap of its regions' attributions, with
+        each region's border and id (Captum 0.9's signature). ``target_token_pos``: None for
+        ``seq_attr``, an int for that target token, ``(m, n)`` for tokens ``m..n-1`` summed.
+        Returns ``(fig, ax)``, or None when ``show`` displays it."""
+        inp = self.inp
+        if inp is None or not callable(getattr(inp, "format_pixel_attr", None)):
+            raise InputError(
+                "plot_image_heatmap needs a result of an image input (ImageMaskInput, "
+                "MultimodalInput) with its input attached (a loaded result has none)."
+            )
+        from ..viz.image_report import plot_image_attr
+
+        attr = self._rows(target_token_pos)
+        pixel = inp.format_pixel_attr(attr.unsqueeze(0))[0]
+        image_cols = [i for i, m in enumerate(inp.modalities) if m == "image"]
+        fig, ax = plot_image_attr(
+            inp.image, pixel, mask_list=inp.get_mask_list(),
+            values=[float(attr[i]) for i in image_cols], border_width=border_width,
+            show_legends=show_legends, mask_ids=list(inp.mask_id_to_idx),
+        )  # fmt: skip
+        if show:
+            import matplotlib.pyplot as plt
+
+            plt.show()
+            return None
+        return fig, ax
+
+    def modalities(self) -> list[str]:
+        """The modality of each feature (``"image"`` or ``"text"``): the input's, else the
+        saved ones, else all ``"text"``."""
+        found = getattr(self.inp, "modalities", None) or self.info.get("modalities")
+        return list(found) if found else ["text"] * len(self.input_tokens)
+
+    def modality_shares(
+        self, signed: bool = False, target_token_pos: int | tuple[int, int] | None = None
+    ) -> dict[str, float]:
+        """Each modality's share of the attribution, summing to 1 (always with ``"image"`` and
+        ``"text"`` keys).
+
+        Default: ``sum |a_i|`` over the modality's features / ``sum |a_i|`` over all, in
+        ``[0, 1]``. ``signed=True``: ``sum a_i`` over the modality / ``sum a_i`` over all (the
+        modality's part of the total change; can be negative or above 1). ``a`` is ``seq_attr``,
+        or a target token's row (``target_token_pos`` as in :meth:`plot_image_heatmap`).
+
+        Raises:
+            ValueError: when the denominator is 0 (no attribution to share).
+        """
+        attr = self._rows(target_token_pos).double()
+        attr = attr if signed else attr.abs()
+        total = float(attr.sum())
+        if total == 0.0:
+            raise ValueError(
+                "The attributions sum to 0, so modality shares are undefined"
+                + (" (try signed=False)." if signed else " (every attribution is 0).")
+            )
+        names = self.modalities()
+        shares = {"image": 0.0, "text": 0.0}
+        for name in dict.fromkeys(names):
+            cols = torch.tensor([m == name for m in names])
+            shares[name] = float(attr[cols].sum()) / total
+        return shares
+
     def to_html(self, title: str | None = None, path: str | Path | None = None) -> str:
         """One self-contained HTML page (see :func:`llmattr.viz.html_report`): the prompt's
         features coloured by ``seq_attr`` with a legend, and the target-token × feature heatmap
