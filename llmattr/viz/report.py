@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import html
 import json
 import math
 from collections.abc import Sequence
@@ -24,16 +23,26 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from . import palette
+from .image_report import IMAGE_CSS, has_image, image_section
+from .report_blocks import (
+    COMPACT_FROM,
+    chip,
+    escape,
+    floats,
+    heatmap_table,
+    legend,
+    plural,
+    rounded,
+    script_json,
+    total_text,
+)
 from .scale import as_array, symmetric_limit
 from .tokens import display_tokens, tokens_to_text
 
 if TYPE_CHECKING:
     from ..text.result import LLMAttributionResult
 
-__all__ = ["html_report"]
-
-#: From this many prompt features on, heatmap cells are small coloured squares without numbers.
-COMPACT_FROM = 41
+__all__ = ["COMPACT_FROM", "escape", "html_report", "page", "script_json"]
 
 _CSS = (
     "body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',sans-serif;margin:1.5em 2em;"
@@ -162,26 +171,6 @@ _POLICY = (
 )
 
 
-def escape(text: Any) -> str:
-    """``text`` as HTML text or a double-quoted attribute value."""
-    return html.escape(str(text), quote=True)
-
-
-def script_json(data: Any) -> str:
-    """JSON that is safe inside ``<script type="application/json">``: no ``<`` at all (so no
-    ``</script>`` or ``<!--``), and no ``>``, ``&`` or line separators either."""
-    text = json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    for char, code in (
-        ("<", "\\u003c"),
-        (">", "\\u003e"),
-        ("&", "\\u0026"),
-        ("\u2028", "\\u2028"),
-        ("\u2029", "\\u2029"),
-    ):
-        text = text.replace(char, code)
-    return text
-
-
 def page(title: str, body: str, script: bool = True) -> str:
     """A complete HTML document around ``body`` (already HTML); ``title`` is escaped here."""
     code = f"<script>{_SCRIPT}</script>" if script else ""
@@ -189,72 +178,9 @@ def page(title: str, body: str, script: bool = True) -> str:
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         f'<meta http-equiv="Content-Security-Policy" content="{_POLICY}">'
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
-        f"<title>{escape(title)}</title><style>{_CSS}</style></head>"
+        f"<title>{escape(title)}</title><style>{_CSS}{IMAGE_CSS}</style></head>"
         f'<body>{body}<div class="llmattr-tip" aria-hidden="true"></div>{code}</body></html>'
     )
-
-
-def legend(limit: float, note: str, kind: str) -> str:
-    """A colour bar from ``-limit`` to ``+limit`` with what the ends mean."""
-    bar = "".join(f'<i class="q{s}"></i>' for s in range(2 * palette.LEVELS + 1))
-    extra = f'<span class="note">{escape(note)}</span>'
-    return (
-        f'<div class="legend {kind}"><span>{-limit:.3g} lowers the target</span>'
-        f'<span class="bar" title="attribution">{bar}</span>'
-        f"<span>raises the target +{limit:.3g}</span>{extra}</div>"
-    )
-
-
-def _floats(x: Any) -> list[float]:
-    return [float(v) for v in as_array(x).reshape(-1).tolist()]
-
-
-def _value(v: float) -> str:
-    """What hovering shows (the page's script formats the same way): ``+inf``, ``nan``."""
-    if math.isnan(v):
-        return "nan"
-    return f"{v:+.4f}" if 1e-3 <= abs(v) < 1e4 or v == 0 else f"{v:+.3e}"
-
-
-def _cell(v: float, limit: float) -> str:
-    if math.isnan(v):
-        return "nan"
-    return f"{v:+.2f}" if 0.01 <= limit < 1000 else f"{v:+.1e}"
-
-
-def _chip(name: str, value: float, limit: float) -> str:
-    step = palette.level(value, limit) + palette.LEVELS
-    return (
-        f'<span class="tok q{step}" title="{escape(name)}: {_value(value)}">{escape(name)}</span>'
-    )
-
-
-def _rounded(values: list[float]) -> list[float | str | None]:
-    # Six significant digits are plenty to read and keep the data block of a 1,000 × 100 map
-    # near 1 MB; result.save() keeps every bit. JSON has no NaN or infinity: NaN is written as
-    # null, infinities as "inf" and "-inf" (the script reads them back).
-    return [_json_number(v) for v in values]
-
-
-def _json_number(v: float) -> float | str | None:
-    if math.isfinite(v):
-        return float(f"{v:.6g}")
-    return None if math.isnan(v) else ("inf" if v > 0 else "-inf")
-
-
-def _plural(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
-
-
-def _total(values: list[float]) -> str:
-    """The sum of ``values`` as the summary line shows it: ``nan`` or ``±inf`` when some are
-    not finite, saying how many."""
-    total = sum(values)
-    if math.isfinite(total):  # a finite sum has only finite terms
-        return f"{total:+.4g}"
-    bad = sum(not math.isfinite(v) for v in values)
-    shown = "nan" if math.isnan(total) else f"{total:+}"
-    return f"{shown} ({_plural(bad, 'non-finite value')})"
 
 
 def default_title(result: LLMAttributionResult) -> str:
@@ -271,12 +197,13 @@ def default_title(result: LLMAttributionResult) -> str:
 
 
 def result_section(result: LLMAttributionResult, title: str, anchor: str) -> str:
-    """One result as a ``<section>``: summary, prompt coloured by ``seq_attr``, and the target
+    """One result as a ``<section>``: summary, the image section when ``result.inp`` has an
+    image (:func:`.image_report.image_section`), prompt coloured by ``seq_attr``, and the target
     token × prompt feature heatmap of ``token_attr``."""
     names = display_tokens(result.input_tokens)
     targets = display_tokens(result.output_tokens)
-    seq = _floats(result.seq_attr)
-    probs = _floats(result.output_probs)
+    seq = floats(result.seq_attr)
+    probs = floats(result.output_probs)
     if len(seq) != len(names):
         raise ValueError(f"seq_attr has {len(seq)} values for {len(names)} input tokens.")
     rows: list[list[float]] = []
@@ -295,8 +222,8 @@ def result_section(result: LLMAttributionResult, title: str, anchor: str) -> str
     parts = [
         f'<section class="llmattr-result" id="{anchor}"><h2>{escape(title)}</h2>',
         f'<p class="meta">{escape(result.method or "attribution")} · '
-        f"{_plural(len(names), 'prompt feature')} · {_plural(len(targets), 'target token')} · "
-        f"sum of attributions {_total(seq)}</p>",
+        f"{plural(len(names), 'prompt feature')} · {plural(len(targets), 'target token')} · "
+        f"sum of attributions {total_text(seq)}</p>",
     ]
     if result.info:
         items = "".join(
@@ -304,9 +231,12 @@ def result_section(result: LLMAttributionResult, title: str, anchor: str) -> str
             for k, v in result.info.items()
         )
         parts.append(f'<dl class="info">{items}</dl>')
-    chips = " ".join(_chip(n, v, seq_limit) for n, v in zip(names, seq))
+    image = has_image(result)
+    if image:
+        parts.append(image_section(result))
+    chips = " ".join(chip(n, v, seq_limit) for n, v in zip(names, seq))
     parts += [
-        "<h3>Prompt</h3>",
+        f"<h3>{'All features' if image else 'Prompt'}</h3>",
         legend(seq_limit, "colour: attribution to the whole target", "seq"),
         f'<div class="prompt">{chips}</div>',
     ]
@@ -318,14 +248,14 @@ def result_section(result: LLMAttributionResult, title: str, anchor: str) -> str
                 "hover a cell for its value; click a target token to colour the prompt by it",
                 "tokens",
             ),
-            _heatmap(names, targets, rows, probs, token_limit),
+            heatmap_table(names, targets, rows, probs, token_limit),
         ]
     data = {
         "input_tokens": names,
         "output_tokens": targets,
-        "seq_attr": _rounded(seq),
-        "token_attr": [_rounded(r) for r in rows],
-        "output_probs": _rounded(probs),
+        "seq_attr": rounded(seq),
+        "token_attr": [rounded(r) for r in rows],
+        "output_probs": rounded(probs),
         "seq_limit": seq_limit,
         "token_limit": token_limit,
         "levels": palette.LEVELS,
@@ -336,32 +266,6 @@ def result_section(result: LLMAttributionResult, title: str, anchor: str) -> str
         "</script></section>"
     )
     return "".join(parts)
-
-
-def _heatmap(
-    names: list[str], targets: list[str], rows: list[list[float]], probs: list[float], limit: float
-) -> str:
-    compact = len(names) >= COMPACT_FROM
-    head = "".join(
-        f'<th class="col" title="{escape(n)}"><span>{escape(n)}</span></th>' for n in names
-    )
-    body = []
-    for tok, p, row in zip(targets, probs, rows):
-        p_text = f"{p:.4f}" if math.isfinite(p) else "nan"
-        cells = "".join(
-            f'<td class="q{palette.level(v, limit) + palette.LEVELS}">'
-            f"{'' if compact else _cell(v, limit)}</td>"
-            for v in row
-        )
-        body.append(
-            f'<tr><th class="row" title="p={p_text}">{escape(tok)}</th>'
-            f'<th class="prob">{p_text[:5]}</th>{cells}</tr>'
-        )
-    return (
-        f'<div class="heat"><table class="hm{" compact" if compact else ""}">'
-        f'<thead><tr><th class="row">target</th><th class="prob">p</th>{head}</tr></thead>'
-        f"<tbody>{''.join(body)}</tbody></table></div>"
-    )
 
 
 def html_report(
