@@ -10,6 +10,7 @@ from .image import (
     visualize_image_attr,
     visualize_image_attr_multiple,
 )
+from .image_report import overlay_png, plot_image_attr
 from .masks import draw_mask_border, draw_mask_legend
 from .plots import plot_layer_token_attr, plot_seq_attr, plot_token_attr
 from .report import html_report
@@ -37,6 +38,8 @@ __all__ = [
     "format_word_importances",
     "html_report",
     "normalize_attr",
+    "overlay_png",
+    "plot_image_attr",
     "plot_layer_token_attr",
     "plot_seq_attr",
     "plot_token_attr",
