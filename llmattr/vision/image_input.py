@@ -221,8 +221,11 @@ class ImageMaskInput:
                 f"itp_attr must end in {self.n_itp_features} (one value per feature); got shape "
                 f"{tuple(itp_attr.shape)}."
             )
-        cover = torch.stack(self.get_mask_list()).to(itp_attr.device, itp_attr.dtype)
-        return torch.tensordot(itp_attr, cover, dims=([-1], [0]))
+        cover = torch.stack(self.get_mask_list()).to(itp_attr.device, torch.bool)
+        # a sum over the covering segments only, so an infinite value stays in its segment
+        # (a product with the 0s of the other masks would spread NaN everywhere)
+        zero = torch.zeros((), dtype=itp_attr.dtype, device=itp_attr.device)
+        return torch.where(cover, itp_attr[..., :, None, None], zero).sum(-3)
 
     def plot_mask_overlay(
         self, show: bool = False, border_width: int = 0, show_legends: bool = True
