@@ -51,6 +51,19 @@ EXPECTED: dict[str, tuple[list[str], int]] = {
         ],
         2,
     ),
+    "04_vision.ipynb": (
+        [
+            "held-out accuracy: CNN 0.9",
+            "max |FeatureAblation - brute force| = ",
+            "cell sums preserved: True",
+            "ids contiguous: True",
+            "Grad-CAM on the last block is all zero: True | warned: True",
+            "every method beats random on both curves",
+            "modality shares: image ",
+            "self-contained: True",
+        ],
+        5,
+    ),
 }
 
 
