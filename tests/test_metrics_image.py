@@ -16,7 +16,7 @@ from llmattr.metrics import (
     pixel_flipping,
     road,
 )
-from llmattr.metrics.image import uniform_noise
+from llmattr.metrics.flipping import uniform_noise
 
 matplotlib.use("Agg")
 D = torch.float64

@@ -3,7 +3,8 @@ attributions that should sum to the change of the target's log-probability, and 
 curves for images (deletion, insertion, pixel flipping, ROAD)."""
 
 from .faithfulness import Completeness, Faithfulness, completeness, faithfulness, top_features
-from .image import CurveResult, deletion_curve, insertion_curve, pixel_flipping
+from .flipping import pixel_flipping
+from .image import CurveResult, deletion_curve, insertion_curve
 from .road import NoisyLinearImputer, road
 
 __all__ = [
