@@ -263,3 +263,19 @@ def test_connected_components_matches_bfs():
     assert all(_n_components(comp, int(k)) == 1 for k in ids)
     bfs_total = sum(_n_components(labels, k) for k in (0, 1))
     assert ids.numel() == bfs_total
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_slic_segments_stay_connected_when_small_pieces_merge_in_chains(seed):
+    # noise makes many small pieces, so merges chain (A into B while B merges into C)
+    gen = torch.Generator().manual_seed(seed)
+    h, w = (int(v) for v in torch.randint(12, 48, (2,), generator=gen))
+    m = slic(torch.rand(3, h, w, generator=gen), n_segments=20)
+    n = int(m.max()) + 1
+    assert torch.equal(torch.unique(m), torch.arange(n))
+    assert all(_n_components(m, k) == 1 for k in range(n))
+
+
+def test_slic_refuses_a_channels_last_tensor():
+    with pytest.raises(InputError, match="channels-last"):
+        slic(torch.rand(20, 30, 3))

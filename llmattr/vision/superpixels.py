@@ -33,6 +33,11 @@ def _as_image(image: Any) -> Tensor:
         )
     if image.dim() == 2:
         image = image[None]
+    if image.dim() == 3 and image.shape[-1] in (3, 4) and image.shape[0] not in (1, 3, 4):
+        raise InputError(
+            f"slic expects channels first (C, H, W), got shape {tuple(image.shape)}, which looks "
+            "channels-last (H, W, C): pass image.permute(2, 0, 1)."
+        )
     if image.dim() != 3:
         raise InputError(
             f"slic expects one image (C, H, W) or (H, W), got shape {tuple(image.shape)}; "
@@ -117,6 +122,13 @@ def _merge_small(comp: Tensor, min_size: int) -> Tensor:
             return comp
         target = torch.arange(n)
         target[small] = best[small] % n
+        # follow chains (A into B while B merges into C) to their end, or A would keep B's id
+        # while B's own pixels move to C and A is cut off; keys grow along a chain: no cycles
+        while True:
+            nxt = target[target]
+            if torch.equal(nxt, target):
+                break
+            target = nxt
         comp = target[comp]
 
 
