@@ -261,6 +261,10 @@ def test_bad_input_is_refused_before_any_forward():
         with pytest.warns(UserWarning, match="converted to RGB"):
             inp = ImageMaskInput(image.convert(mode))
         assert inp.image.mode == "RGB"
+    floats = Image.fromarray(np.full((16, 16), 0.5, dtype=np.float32))  # mode F, in [0, 1]
+    for wide in [floats, floats.convert("I")]:
+        with pytest.raises(InputError, match="Convert it to 8-bit"):
+            ImageMaskInput(wide)
 
 
 class _Refuse(nn.Module):
@@ -412,3 +416,23 @@ def test_bad_skip_tokens_and_too_long_targets_fail_before_generation(llava):
         LLMAttribution(FeatureAblation(refuse), proc.tokenizer).attribute(
             inp, gen_args={"max_new_tokens": 20}
         )
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_painting_and_pixel_maps_equal_the_per_mask_definition(overlap):
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.tensor([3, 7, 12, 40])[torch.randint(0, 4, (12, 10), generator=gen)]  # gaps
+    if overlap:
+        masks = [torch.rand(12, 10, generator=gen) > 0.5 for _ in range(5)]
+        inp = ImageMaskInput(_image(12).resize((10, 12)), mask_list=masks)
+    else:
+        inp = ImageMaskInput(_image(12).resize((10, 12)), mask=ids)
+        masks = [ids == k for k in (3, 7, 12, 40)]
+    presence = (torch.rand(6, len(masks), generator=gen) > 0.5).float()
+    expected = torch.stack(
+        [torch.stack([m & (p[j] == 0) for j, m in enumerate(masks)]).any(0) for p in presence]
+    )
+    assert torch.equal(inp.removed_pixels(presence), expected)
+    attr = torch.randn(3, len(masks), generator=gen, dtype=torch.float64)
+    pixel = sum(attr[:, j, None, None] * m for j, m in enumerate(masks))
+    torch.testing.assert_close(inp.format_pixel_attr(attr), pixel)

@@ -32,14 +32,22 @@ def _identity(image: Any) -> Any:
 
 
 def as_rgb(image: Any) -> Any:
-    """A copy of a PIL image in RGB: greyscale (``L``, ``1``, ``I``, ``F``), palette (``P``) and
-    ``RGBA``/``LA`` images are converted with a warning (alpha is dropped, not composited)."""
+    """A copy of a PIL image in RGB: greyscale (``L``, ``1``), palette (``P``) and ``RGBA``/``LA``
+    images are converted with a warning (alpha is dropped, not composited); 32-bit float and
+    16/32-bit integer images (``F``, ``I``, ``I;16``) are refused, their range being unknown."""
     from PIL import Image
 
     if not isinstance(image, Image.Image):
         raise InputTypeError(
             f"image must be a PIL image (PIL.Image.open(path) or Image.fromarray(array)), got "
             f"{type(image).__name__}."
+        )
+    if image.mode in ("F", "I") or image.mode.startswith("I;"):
+        raise InputError(
+            f"The image is in mode {image.mode!r} (32-bit float or 16/32-bit integer pixels), "
+            "whose value range PIL cannot convert to RGB reliably (floats in [0, 1] would turn "
+            "black). Convert it to 8-bit yourself, e.g. Image.fromarray((np.asarray(image) * "
+            "255).clip(0, 255).astype(np.uint8)).convert('RGB') for floats in [0, 1]."
         )
     if image.mode != "RGB":
         warnings.warn(
@@ -154,6 +162,7 @@ class ImageMaskInput:
                 masks.append(m.bool())
             self.mask_list: list[Tensor] = masks
             self.mask: Tensor = torch.empty(0)
+            self._pixel_feature = None
             ids: list[int] = list(range(len(masks)))
         else:
             if mask is None:
@@ -174,7 +183,11 @@ class ImageMaskInput:
                 )
             self.mask = mask
             self.mask_list = []
-            ids = [int(i) for i in torch.unique(mask).tolist()]
+            unique, index = torch.unique(mask, return_inverse=True)
+            ids = [int(i) for i in unique.tolist()]
+            # each pixel's feature index: painting and pixel maps are one gather, in memory
+            # of the image's size whatever the number of segments
+            self._pixel_feature: Tensor | None = index.reshape(hw)
         if isinstance(baseline, str):  # "blur", "noise", "inpaint", "mean", ...
             from .baselines import baseline_from
 
@@ -221,11 +234,16 @@ class ImageMaskInput:
                 f"itp_attr must end in {self.n_itp_features} (one value per feature); got shape "
                 f"{tuple(itp_attr.shape)}."
             )
-        cover = torch.stack(self.get_mask_list()).to(itp_attr.device, torch.bool)
-        # a sum over the covering segments only, so an infinite value stays in its segment
-        # (a product with the 0s of the other masks would spread NaN everywhere)
+        if self._pixel_feature is not None:
+            return itp_attr[..., self._pixel_feature.to(itp_attr.device)]
+        # overlapping masks: a sum over the covering segments only, one segment at a time (so
+        # memory stays the image's size, and an infinite value stays in its segment)
+        hw = self.mask_list[0].shape
+        out = torch.zeros((*itp_attr.shape[:-1], *hw), dtype=itp_attr.dtype, device=itp_attr.device)
         zero = torch.zeros((), dtype=itp_attr.dtype, device=itp_attr.device)
-        return torch.where(cover, itp_attr[..., :, None, None], zero).sum(-3)
+        for j, m in enumerate(self.mask_list):
+            out += torch.where(m.to(itp_attr.device), itp_attr[..., j, None, None], zero)
+        return out
 
     def plot_mask_overlay(
         self, show: bool = False, border_width: int = 0, show_legends: bool = True
@@ -263,9 +281,15 @@ class ImageMaskInput:
             raise InputError(
                 f"presence must have shape (k, {self.n_itp_features}); got {tuple(keep.shape)}."
             )
-        absent = (keep == 0).to(torch.float64)
-        cover = torch.stack(self.get_mask_list()).to(torch.float64)
-        return torch.tensordot(absent, cover, dims=([1], [0])) > 0
+        absent = keep == 0
+        if self._pixel_feature is not None:
+            return absent[:, self._pixel_feature]
+        removed = torch.zeros((keep.shape[0], *self.mask_list[0].shape), dtype=torch.bool)
+        for j, m in enumerate(self.mask_list):
+            rows = absent[:, j]
+            if bool(rows.any()):
+                removed[rows] |= m
+        return removed
 
     def perturbed_images(self, presence: Tensor) -> list[Any]:
         """``k`` PIL images, one per presence row ``(k, n)``, absent segments painted."""
