@@ -62,10 +62,13 @@ def test_ablation_equals_brute_force(clip, batch) -> None:
                 painted = pixels.clone()
                 painted[:, :, 8 * r : 8 * r + 8, 8 * c : 8 * c + 8] = 0.25
                 torch.testing.assert_close(result.image_attr[:, r, c], full - f(painted, ids, mask))
+        special = (ids == BOS) | (ids == EOS) | (ids == PAD) | (mask == 0)
         for t in range(5):
-            dropped = ids.clone()
-            dropped[:, t] = PAD
+            dropped = torch.where(special[:, t], ids[:, t], PAD)
+            dropped = torch.cat([ids[:, :t], dropped[:, None], ids[:, t + 1 :]], 1)
             torch.testing.assert_close(result.text_attr[:, t], full - f(pixels, dropped, mask))
+        # special tokens and padding are not features (removing EOS would move the pooling)
+        assert (result.text_attr[special] == 0).all() and (result.text_attr[~special] != 0).all()
     batched = CLIPAttribution(clip).attribute(
         pixels, ids, mask, method="ablation", baselines=0.25, perturbations_per_eval=3
     )
@@ -81,9 +84,11 @@ def test_ig_joint_completeness(clip, batch) -> None:
     result = attribution.attribute(pixels, ids, mask, method="ig", n_steps=64)
     assert result.delta is not None and result.delta.abs().max() < 1e-6
     # f at the baseline embeddings: both embedding modules' outputs replaced by their values on
-    # the baseline inputs (black image, pad tokens); which token is pooled still follows ids
+    # the baseline inputs (black image, pad tokens, special tokens kept); which token is pooled
+    # still follows ids
     f = CLIPSimilarity(clip, "cosine")
-    base_pixels, base_ids = torch.zeros_like(pixels), torch.full_like(ids, PAD)
+    special = (ids == BOS) | (ids == EOS) | (ids == PAD) | (mask == 0)
+    base_pixels, base_ids = torch.zeros_like(pixels), torch.where(special, ids, PAD)
     with torch.no_grad():
         base_patch = attribution.patch_embedding(base_pixels)
         base_tokens = attribution.token_embedding(base_ids)
@@ -100,6 +105,7 @@ def test_ig_joint_completeness(clip, batch) -> None:
     total = result.image_attr.sum((1, 2)) + result.text_attr.sum(1)
     torch.testing.assert_close(total, full - at_baseline, atol=1e-6, rtol=1e-5)
     assert result.image_attr.abs().sum() > 0 and result.text_attr.abs().sum() > 0
+    assert (result.text_attr[special] == 0).all()
 
 
 def test_bad_inputs(clip, batch) -> None:

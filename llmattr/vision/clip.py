@@ -142,6 +142,22 @@ class CLIPAttribution:
             raise InputError("attention_mask must be a tensor shaped like input_ids (N, L).")
         return input_ids.shape
 
+    def _fixed_tokens(self, input_ids: Tensor, attention_mask: Tensor | None) -> Tensor:
+        """``(N, L)`` bool: padding, BOS/EOS/pad ids of the text config, and the position CLIP
+        pools (legacy configs, ``eos_token_id == 2``, pool at the largest id)."""
+        config = getattr(self.model.config, "text_config", self.model.config)
+        fixed = torch.zeros_like(input_ids, dtype=torch.bool)
+        if attention_mask is not None:
+            fixed |= attention_mask == 0
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            value = getattr(config, name, None)
+            if isinstance(value, int):
+                fixed |= input_ids == value
+        if getattr(config, "eos_token_id", None) == 2:
+            rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+            fixed[rows, input_ids.argmax(-1)] = True
+        return fixed
+
     def attribute(
         self,
         pixel_values: Tensor,
@@ -163,7 +179,8 @@ class CLIPAttribution:
             method: ``"ig"`` (integrated gradients on both embeddings) or ``"ablation"``.
             baselines: the pixel baseline (a number or ``(N|1, C, H, W)``).
             baseline_token_id: the token standing for an absent token (the text config's
-                ``pad_token_id``, else 0).
+                ``pad_token_id``, else 0). Special tokens (BOS, EOS, pad) and padding are not
+                features: they keep their ids, and their attribution is 0.
             n_steps, internal_batch_size: for ``"ig"``.
             perturbations_per_eval: for ``"ablation"``.
         """
@@ -174,7 +191,10 @@ class CLIPAttribution:
         if baseline_token_id is None:
             text_config = getattr(self.model.config, "text_config", None)
             baseline_token_id = getattr(text_config, "pad_token_id", None) or 0
-        ids_base = torch.full_like(input_ids, int(baseline_token_id))
+        # special tokens and padding are never features: they keep their ids on every path
+        # (removing CLIP's EOS would move the position it pools, and measure something else)
+        fixed = self._fixed_tokens(input_ids, attention_mask)
+        ids_base = torch.where(fixed, input_ids, torch.full_like(input_ids, baseline_token_id))
         args = (attention_mask,)
         with torch.no_grad():
             score = self.forward_func(pixel_values, input_ids, attention_mask).detach()
