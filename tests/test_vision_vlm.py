@@ -436,3 +436,19 @@ def test_painting_and_pixel_maps_equal_the_per_mask_definition(overlap):
     attr = torch.randn(3, len(masks), generator=gen, dtype=torch.float64)
     pixel = sum(attr[:, j, None, None] * m for j, m in enumerate(masks))
     torch.testing.assert_close(inp.format_pixel_attr(attr), pixel)
+
+
+def test_removed_words_leave_single_spaces_and_no_leading_space():
+    inp = MultimodalInput(
+        _image(8), "what colour is it", lambda im, t: {"pixel_values": torch.zeros(1)}
+    )
+    cases = {
+        (0, 1, 1, 1): "colour is it",
+        (0, 0, 1, 1): "is it",
+        (1, 1, 1, 0): "what colour is",
+        (1, 0, 1, 1): "what is it",
+        (0, 1, 0, 1): "colour it",
+        (0, 0, 0, 0): "",
+    }
+    for keep, text in cases.items():
+        assert inp.perturbed_text(torch.tensor(keep, dtype=torch.float)) == text

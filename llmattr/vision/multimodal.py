@@ -121,6 +121,8 @@ class MultimodalInput:
                 # drop the word and one separating space, so no double space is left
                 if before.endswith(" ") and (b == len(self.text) or self.text[b] == " "):
                     before = before[:-1]
+                elif not before and not any(out) and self.text[b : b + 1] == " ":
+                    b += 1  # nothing before it is left: drop the space after it instead
                 out.append(before)
             else:
                 out.append(before + self.text_baseline)
