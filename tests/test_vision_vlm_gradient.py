@@ -402,3 +402,22 @@ def test_float32_model_keeps_its_dtype_and_completeness():
     )
     assert r.image_token_attr.dtype == torch.float32 and r.text_token_attr.dtype == torch.float32
     assert r.delta.abs().max() < 1e-3
+
+
+def test_views_through_an_llm_result(vlm):
+    model, processor, inputs = vlm
+    res = VLMGradientAttribution(model, processor).attribute(inputs, TARGET, n_steps=16)
+    (rows, cols), frame = res.image_grids[0], res.image_frames[0]
+    view = res.to_llm_result(_image())
+    n = rows * cols
+    assert view.input_tokens[:n] == [f"patch_{r}_{c}" for r in range(rows) for c in range(cols)]
+    assert view.input_tokens[n:] == [res.text_tokens[i] for i in res.text_features]
+    torch.testing.assert_close(view.seq_attr[:n].reshape(rows, cols), res.image_attr[0])
+    torch.testing.assert_close(view.seq_attr[n:], res.text_attr[res.text_features])
+    # nothing lost: the dropped text positions (specials, placeholders) carry no attribution
+    assert view.seq_attr[n:].sum().item() == pytest.approx(res.text_attr.sum().item())
+    torch.testing.assert_close(view.inp.format_pixel_attr(view.seq_attr), res.pixel_attr(0))
+    assert view.inp.image.size == (frame[1], frame[0])
+    assert view.modality_shares() == pytest.approx(res.modality_shares())
+    html = res.to_html(_image())
+    assert "data:image/png;base64," in html and "patch_0_0" in html

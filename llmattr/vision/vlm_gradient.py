@@ -355,6 +355,7 @@ class VLMGradientAttribution:
             image_grids=grids,
             image_frames=frames,
             delta=delta,
+            text_features=self._text_positions(inputs["input_ids"][0], L).nonzero()[:, 0].tolist(),
         )
 
     def _integrate(

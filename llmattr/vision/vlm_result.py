@@ -3,7 +3,9 @@ each target token to the prompt's tokens and to the image features, on each imag
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -31,6 +33,11 @@ class VLMGradientResult:
             resized/cropped image (what ``pixel_values`` hold), not the original image.
         delta: ``(K,)`` completeness error per target token (``sum of attributions - (log p at
             the input - log p at the baseline)``), when asked for.
+        text_features: positions of the prompt tokens that are features (not special tokens,
+            not image placeholders).
+
+    :meth:`to_llm_result` turns it into an ``LLMAttributionResult`` over the first image's grid
+    cells and the text features, so ``to_html()`` and ``plot_image_heatmap()`` draw it.
     """
 
     text_token_attr: Tensor
@@ -42,6 +49,7 @@ class VLMGradientResult:
     image_grids: list[tuple[int, int]]
     image_frames: list[tuple[int, int]]
     delta: Tensor | None = None
+    text_features: list[int] = field(default_factory=list)
 
     def _rows(self, target_token_pos: int | tuple[int, int] | None) -> slice:
         K = self.text_token_attr.shape[0]
@@ -113,3 +121,67 @@ class VLMGradientResult:
         if total == 0:
             return {"image": 0.0, "text": 0.0}
         return {"image": image / total, "text": text / total}
+
+    # ---- views ---------------------------------------------------------------------------------
+
+    def to_llm_result(self, image: Any) -> Any:
+        """An :class:`~llmattr.text.result.LLMAttributionResult` whose features are the grid
+        cells of the first image (``patch_<row>_<col>``) and then the text features, with an
+        input that draws ``image`` (the picture as the processor framed it; resized to
+        :attr:`image_frames` ``[0]`` when its size differs)."""
+        from ..text.result import LLMAttributionResult
+
+        rows, cols = self.image_grids[0]
+        n = rows * cols
+        cells = self.image_token_attr[:, :n]
+        words = self.text_token_attr[:, self.text_features]
+        token_attr = torch.cat([cells, words], 1)
+        inp = _GridImage(image, (rows, cols), self.image_frames[0],
+                         [self.text_tokens[i] for i in self.text_features])  # fmt: skip
+        return LLMAttributionResult(
+            seq_attr=token_attr.sum(0),
+            token_attr=token_attr,
+            input_tokens=inp.values,
+            output_tokens=self.output_tokens,
+            output_probs=self.output_probs,
+            method="VLMGradientAttribution",
+            info={"modalities": inp.modalities},
+            inp=inp,
+        )
+
+    def to_html(self, image: Any, title: str | None = None, path: str | Path | None = None) -> str:
+        """The HTML report of :meth:`to_llm_result` (the image's heatmap beside the prompt)."""
+        return str(self.to_llm_result(image).to_html(title=title, path=path))
+
+    def plot_image_heatmap(self, image: Any, **kwargs: Any) -> Any:
+        """Captum 0.9's image heatmap of :meth:`to_llm_result` (same keyword arguments)."""
+        return self.to_llm_result(image).plot_image_heatmap(**kwargs)
+
+
+class _GridImage:
+    """The image-input contract of the views for a feature grid over one image: pixel ``(y, x)``
+    of the ``(H, W)`` frame belongs to cell ``(y * rows // H, x * cols // W)``."""
+
+    def __init__(
+        self, image: Any, grid: tuple[int, int], frame: tuple[int, int], words: list[str]
+    ) -> None:
+        from .image_input import as_rgb
+
+        (rows, cols), (H, W) = grid, frame
+        image = as_rgb(image)
+        self.image = image if image.size == (W, H) else image.resize((W, H))
+        cell = (torch.arange(H) * rows // H)[:, None] * cols + (torch.arange(W) * cols // W)
+        self._cell = cell
+        self.n_image = rows * cols
+        self.values = [f"patch_{r}_{c}" for r in range(rows) for c in range(cols)] + words
+        self.modalities = ["image"] * self.n_image + ["text"] * len(words)
+        self.mask_id_to_idx = {i: i for i in range(self.n_image)}
+        self.n_itp_features = len(self.values)
+
+    def format_pixel_attr(self, itp_attr: Tensor) -> Tensor:
+        """``(..., n_features)`` -> ``(..., H, W)``: each pixel its cell's value."""
+        return torch.as_tensor(itp_attr)[..., : self.n_image][..., self._cell]
+
+    def get_mask_list(self) -> list[Tensor]:
+        """One ``(H, W)`` bool mask per grid cell."""
+        return [self._cell == i for i in range(self.n_image)]
