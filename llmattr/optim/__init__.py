@@ -1,1 +1,173 @@
-"""Optim: feature visualization by input optimization, built on the shared hook machinery."""
+"""Optim: feature visualization by input optimization (optim-wip's API), in progress.
+
+What is here (issue 13, first part): image parameterizations (:class:`PixelImage`,
+:class:`FFTImage`, :class:`LaplacianImage`, :class:`SharedImage`, :class:`StackImage`,
+:class:`NaturalImage`) and :class:`ToRGB`; transforms for transformation robustness; composable
+losses and :class:`InputOptimization`; :class:`RedirectedReLU` / :func:`replace_layers`,
+:class:`ChannelReducer`, atlas and circuit helpers. Not yet: the measured renders on a trained
+model, the language-model side (max-activating examples, prompt search) and the notebook.
+"""
+
+from .atlas import (
+    calc_grid_indices,
+    compute_avg_cell_samples,
+    compute_avg_cell_vectors,
+    create_atlas,
+    create_atlas_vectors,
+    normalize_grid,
+)
+from .circuits import (
+    center_crop_weights,
+    extract_expanded_weights,
+    max2avg_pool2d,
+)
+from .colour import (
+    ToRGB,
+)
+from .directions import (
+    ActivationWeights,
+    AngledNeuronDirection,
+    Direction,
+    NeuronDirection,
+    TensorDirection,
+)
+from .image_tensor import (
+    ImageTensor,
+)
+from .images import (
+    FFTImage,
+    ImageParameterization,
+    LaplacianImage,
+    NaturalImage,
+    PixelImage,
+    SharedImage,
+    StackImage,
+)
+from .layers import (
+    ModuleOutputsHook,
+    collect_activations,
+    get_model_layers,
+)
+from .loss import (
+    L1,
+    L2,
+    ActivationInterpolation,
+    Alignment,
+    BaseLoss,
+    ChannelActivation,
+    CompositeLoss,
+    DeepDream,
+    Diversity,
+    LayerActivation,
+    Loss,
+    NeuronActivation,
+    TotalVariation,
+    default_loss_summarize,
+    sum_loss_list,
+)
+from .models import (
+    MaxPool2dRelaxed,
+    RedirectedReLU,
+    RedirectedReluLayer,
+    SkipLayer,
+    replace_layers,
+    skip_layers,
+)
+from .optimization import (
+    InputOptimization,
+    NonFiniteLossError,
+    early_stopping,
+    n_steps,
+)
+from .pixel_transforms import (
+    BlendAlpha,
+    GaussianSmoothing,
+    IgnoreAlpha,
+    NChannelsToRGB,
+    RGBToBGR,
+    ScaleInputRange,
+)
+from .reducer import (
+    ChannelReducer,
+    posneg,
+)
+from .transforms import (
+    CenterCrop,
+    RandomCrop,
+    RandomRotation,
+    RandomScale,
+    RandomScaleAffine,
+    RandomSpatialJitter,
+    SymmetricPadding,
+    TransformationRobustness,
+)
+
+__all__ = [
+    "L1",
+    "L2",
+    "ActivationInterpolation",
+    "ActivationWeights",
+    "Alignment",
+    "AngledNeuronDirection",
+    "BaseLoss",
+    "BlendAlpha",
+    "CenterCrop",
+    "ChannelActivation",
+    "ChannelReducer",
+    "CompositeLoss",
+    "DeepDream",
+    "Direction",
+    "Diversity",
+    "FFTImage",
+    "GaussianSmoothing",
+    "IgnoreAlpha",
+    "ImageParameterization",
+    "ImageTensor",
+    "InputOptimization",
+    "LaplacianImage",
+    "LayerActivation",
+    "Loss",
+    "MaxPool2dRelaxed",
+    "ModuleOutputsHook",
+    "NChannelsToRGB",
+    "NaturalImage",
+    "NeuronActivation",
+    "NeuronDirection",
+    "NonFiniteLossError",
+    "PixelImage",
+    "RGBToBGR",
+    "RandomCrop",
+    "RandomRotation",
+    "RandomScale",
+    "RandomScaleAffine",
+    "RandomSpatialJitter",
+    "RedirectedReLU",
+    "RedirectedReluLayer",
+    "ScaleInputRange",
+    "SharedImage",
+    "SkipLayer",
+    "StackImage",
+    "SymmetricPadding",
+    "TensorDirection",
+    "ToRGB",
+    "TotalVariation",
+    "TransformationRobustness",
+    "calc_grid_indices",
+    "center_crop_weights",
+    "collect_activations",
+    "compute_avg_cell_samples",
+    "compute_avg_cell_vectors",
+    "create_atlas",
+    "create_atlas_vectors",
+    "default_loss_summarize",
+    "early_stopping",
+    "extract_expanded_weights",
+    "get_model_layers",
+    "max2avg_pool2d",
+    "n_steps",
+    "normalize_grid",
+    "posneg",
+    "replace_layers",
+    "skip_layers",
+    "sum_loss_list",
+]

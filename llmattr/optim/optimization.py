@@ -49,8 +49,11 @@ class InputOptimization:
         loss_function: a :class:`~llmattr.optim.loss.Loss`; its targets (modules or dotted names)
             are resolved now, and an unknown name is refused with the list of valid names.
         input_param: a module whose ``forward()`` returns the model input (e.g. ``(N, C, H, W)``),
-            or a tensor/``nn.Parameter`` used as the input itself. Required for now.
-        transform: a module applied to the input before the model (default: none).
+            or a tensor/``nn.Parameter`` used as the input itself. Default (optim-wip's): a
+            ``NaturalImage((224, 224))``, with the transform ``RandomScale((1, 0.975, 1.025, 0.95,
+            1.05))`` then ``RandomSpatialJitter(16)`` unless one is given.
+        transform: a module applied to the input before the model (default: none, or the one
+            above when ``input_param`` is None).
     """
 
     def __init__(
@@ -66,11 +69,15 @@ class InputOptimization:
             raise InputTypeError(
                 f"loss_function must be an llmattr.optim Loss, got {type(loss_function).__name__}."
             )
-        if input_param is None:
-            raise InputError(
-                "InputOptimization needs input_param: a module whose forward() returns the "
-                "model input (an image parameterization), or an nn.Parameter image."
-            )
+        if input_param is None:  # optim-wip's defaults: a 224x224 natural image, jittered
+            from .images import NaturalImage
+            from .transforms import RandomScale, RandomSpatialJitter
+
+            input_param = NaturalImage((224, 224))
+            if transform is None:
+                transform = nn.Sequential(
+                    RandomScale(scale=(1, 0.975, 1.025, 0.95, 1.05)), RandomSpatialJitter(16)
+                )
         if isinstance(input_param, Tensor):
             input_param = _TensorInput(input_param)
         if not isinstance(input_param, nn.Module):
