@@ -10,7 +10,7 @@ import torch
 from conftest import Boom, assert_no_hooks
 from torch import nn
 
-from llmattr._core.errors import InputError
+from llmattr._core.errors import InputError, InputTypeError
 from llmattr.optim import directions as D
 from llmattr.optim import loss as L
 from llmattr.optim.layers import (
@@ -255,8 +255,8 @@ def test_targets_by_name_and_errors() -> None:
         InputOptimization(model, L.ChannelActivation("nope", 0), torch.zeros(1, 3, 6, 6))
     with pytest.raises(TypeError):
         L.ChannelActivation(3, 0)  # type: ignore[arg-type]
-    with pytest.raises(InputError, match="input_param"):
-        InputOptimization(model, L.ChannelActivation("fc", 0))
+    with pytest.raises(InputTypeError, match="input_param"):
+        InputOptimization(model, L.ChannelActivation("fc", 0), input_param="image")
 
 
 def test_channel_out_of_range_gives_channel_count() -> None:

@@ -3,9 +3,10 @@
 What is here (issue 13, first part): image parameterizations (:class:`PixelImage`,
 :class:`FFTImage`, :class:`LaplacianImage`, :class:`SharedImage`, :class:`StackImage`,
 :class:`NaturalImage`) and :class:`ToRGB`; transforms for transformation robustness; composable
-losses and :class:`InputOptimization`; :class:`RedirectedReLU` / :func:`replace_layers`,
-:class:`ChannelReducer`, atlas and circuit helpers. Not yet: the measured renders on a trained
-model, the language-model side (max-activating examples, prompt search) and the notebook.
+losses and :class:`InputOptimization`; :func:`render_channels` (every channel of a layer in one
+batched run) and PNG grids; :class:`RedirectedReLU` / :func:`replace_layers`,
+:class:`ChannelReducer`, atlas and circuit helpers; :func:`max_activating_examples` for language
+models. Not yet: the measured renders on a trained model, prompt search and the notebook.
 """
 
 from .atlas import (
@@ -91,6 +92,8 @@ from .reducer import (
     ChannelReducer,
     posneg,
 )
+from .render import image_grid, render_channels, save_grid, save_png
+from .text_examples import ActivatingExample, MaxActivatingExamples, max_activating_examples
 from .transforms import (
     CenterCrop,
     RandomCrop,
@@ -105,6 +108,7 @@ from .transforms import (
 __all__ = [
     "L1",
     "L2",
+    "ActivatingExample",
     "ActivationInterpolation",
     "ActivationWeights",
     "Alignment",
@@ -127,6 +131,7 @@ __all__ = [
     "LaplacianImage",
     "LayerActivation",
     "Loss",
+    "MaxActivatingExamples",
     "MaxPool2dRelaxed",
     "ModuleOutputsHook",
     "NChannelsToRGB",
@@ -163,11 +168,16 @@ __all__ = [
     "early_stopping",
     "extract_expanded_weights",
     "get_model_layers",
+    "image_grid",
     "max2avg_pool2d",
+    "max_activating_examples",
     "n_steps",
     "normalize_grid",
     "posneg",
+    "render_channels",
     "replace_layers",
+    "save_grid",
+    "save_png",
     "skip_layers",
     "sum_loss_list",
 ]
