@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from .._core.errors import InputError, InputTypeError
+from .checks import checked_forward
 from .layers import ModuleOutputsHook, resolve_target
 from .loss import Loss, _flat_targets, default_loss_summarize
 
@@ -94,11 +95,14 @@ class InputOptimization:
         """The trainable parameters of the input parameterization."""
         return [p for p in self.input_param.parameters() if p.requires_grad]
 
-    def _loss(self, hook: ModuleOutputsHook) -> Tensor:
+    def _loss(self, hook: ModuleOutputsHook, checked: bool = True) -> Tensor:
         image = self.input_param()
         if self.transform is not None:
             image = self.transform(image)
-        self.model(image)
+        if checked:  # the first forward: bad setups become a clear InputError
+            checked_forward(self.model, image, self._modules, self._names)
+        else:
+            self.model(image)
         by_module = hook.consume_outputs()
         values: dict[Any, Tensor] = {}
         for name, module in zip(self._names, self._modules, strict=True):
@@ -133,6 +137,8 @@ class InputOptimization:
             The summarized loss of every step, shape ``(steps,)`` (detached).
 
         Raises:
+            InputError: at the first forward, before any step, a setup the model cannot run
+                (see :func:`~llmattr.optim.checks.checked_forward`).
             NonFiniteLossError: the summarized loss is NaN/inf (message gives the step).
         """
         stop_criteria = stop_criteria or n_steps(512)
@@ -156,7 +162,7 @@ class InputOptimization:
                         self._snapshot(step)
                     if not stop_criteria(step, self, history, optimizer):
                         break
-                    value = summarize(self._loss(hook))
+                    value = summarize(self._loss(hook, checked=step == 0))
                     if value.numel() != 1:
                         shape = tuple(value.shape)
                         raise InputError(f"loss_summarize_fn must return a scalar, got {shape}.")
