@@ -6,7 +6,8 @@ What is here (issue 13, first part): image parameterizations (:class:`PixelImage
 losses and :class:`InputOptimization`; :func:`render_channels` (every channel of a layer in one
 batched run) and PNG grids; :class:`RedirectedReLU` / :func:`replace_layers`,
 :class:`ChannelReducer`, atlas and circuit helpers; :func:`max_activating_examples` for language
-models. Not yet: the measured renders on a trained model, prompt search and the notebook.
+models and :func:`search_prompt` (GCG-style discrete prompt search, graded against
+:func:`exhaustive_max`). Not yet: soft prompts and the notebook.
 """
 
 from .atlas import (
@@ -88,6 +89,7 @@ from .pixel_transforms import (
     RGBToBGR,
     ScaleInputRange,
 )
+from .prompt_search import PromptSearchResult, exhaustive_max, search_prompt
 from .reducer import (
     ChannelReducer,
     posneg,
@@ -140,6 +142,7 @@ __all__ = [
     "NeuronDirection",
     "NonFiniteLossError",
     "PixelImage",
+    "PromptSearchResult",
     "RGBToBGR",
     "RandomCrop",
     "RandomRotation",
@@ -166,6 +169,7 @@ __all__ = [
     "create_atlas_vectors",
     "default_loss_summarize",
     "early_stopping",
+    "exhaustive_max",
     "extract_expanded_weights",
     "get_model_layers",
     "image_grid",
@@ -178,6 +182,7 @@ __all__ = [
     "replace_layers",
     "save_grid",
     "save_png",
+    "search_prompt",
     "skip_layers",
     "sum_loss_list",
 ]
