@@ -64,6 +64,18 @@ EXPECTED: dict[str, tuple[list[str], int]] = {
         ],
         5,
     ),
+    "05_optim.ipynb": (
+        [
+            "held-out accuracy: 0.9",
+            "channels above their training maximum: ",
+            "with RedirectedReLU: 8 of 8",
+            "classes rendered at p >= 0.99: ",
+            "MaxActivatingExamples(neuron 13",
+            "search reaches ",
+            "searched prompt beats every corpus token: True",
+        ],
+        2,
+    ),
 }
 
 
