@@ -22,7 +22,7 @@ import inspect
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import torch
@@ -320,47 +320,82 @@ class LLMAttribution(Attribution):
         if foil is not None:
             foil_ids = _target_ids(self.model, self.tokenizer, prompt, foil, None, skip_tokens)
             foil_scorer = Scorer(self.model, prompt, foil_ids, pad, rows_per_forward)
-        prob = self.attr_target == "prob"
-        per_token = self.include_per_token_attr
 
-        def forward(presence: Tensor) -> Tensor:
+        def scores(presence: Tensor) -> tuple[Tensor, Tensor | None]:
             rows = inp.perturbed_ids(presence)
-            logp = scorer.score(rows)
-            total = logp.sum(1)
-            if foil_scorer is not None:
-                total = total - foil_scorer.score(rows).sum(1)
-            total = total.exp() if prob else total
-            if not per_token:
-                return total  # one score per prompt: Lime's and KernelShap's surrogate target
-            tokens = logp.exp() if prob else logp
-            return torch.cat([total.unsqueeze(1), tokens], 1)
+            foil_logp = None if foil_scorer is None else foil_scorer.score(rows)
+            return scorer.score(rows), foil_logp
 
-        method = copy.copy(self.attr_method)
-        method.forward_func = forward
-        n_rows = 1 + target_ids.numel() if per_token else 1
-        trials = []
-        for _ in range(max(int(num_trials), 1)):
-            if isinstance(inp, TextTemplateInput):
-                inp.new_trial()
-            out = method.attribute(  # type: ignore[attr-defined]
-                inp.to_tensor().float(),
-                baselines=0.0,
-                perturbations_per_eval=prompts_per_call,
-                **kwargs,
-            )
-            trials.append(cast(Tensor, out).reshape(n_rows, -1))
-        # (1 + K, n_itp_features), then one column per value for a grouped template
-        attr = inp.format_attr(torch.stack(trials).mean(0))
-        info = target_info(self.tokenizer, target_ids)
-        if foil_scorer is not None:
-            info["foil_tokens"] = self.tokenizer.convert_ids_to_tokens(foil_scorer.target.tolist())
-        return LLMAttributionResult(
-            seq_attr=attr[0],
-            token_attr=attr[1:] if per_token else None,
-            input_tokens=list(inp.values),
-            output_tokens=output_token_texts(self.tokenizer, target_ids),
-            output_probs=scorer.original.exp(),
-            method=type(self.attr_method).__name__,
-            info=info,
-            inp=inp,
+        foil_ids = None if foil_scorer is None else foil_scorer.target
+        return run_attribution(
+            self, inp, scores, target_ids, scorer.original, foil_ids,
+            prompts_per_call, num_trials, kwargs,
+        )  # fmt: skip
+
+
+def run_attribution(
+    attr: LLMAttribution,
+    inp: Any,
+    scores: Callable[[Tensor], tuple[Tensor, Tensor | None]],
+    target_ids: Tensor,
+    original_logp: Tensor,
+    foil_ids: Tensor | None,
+    prompts_per_call: int | None,
+    num_trials: int,
+    kwargs: dict[str, Any],
+    info: dict[str, Any] | None = None,
+) -> LLMAttributionResult:
+    """Run ``attr``'s perturbation method over ``inp``'s features and build the result; shared by
+    text inputs and image inputs (:mod:`llmattr.vision.vlm_scorer`), which differ only in how a
+    batch of presence rows ``(k, n)`` is scored.
+
+    Args:
+        scores: presence rows -> ``(k, K)`` target log-probs and, with a foil, the foil's.
+        original_logp: ``(K,)`` the target's log-probs under the unperturbed input.
+        foil_ids: the foil's token ids, or None.
+        info: extra entries for the result's ``info``.
+    """
+    prob = attr.attr_target == "prob"
+    per_token = attr.include_per_token_attr
+
+    def forward(presence: Tensor) -> Tensor:
+        logp, foil_logp = scores(presence)
+        total = logp.sum(1)
+        if foil_logp is not None:
+            total = total - foil_logp.sum(1)
+        total = total.exp() if prob else total
+        if not per_token:
+            return total  # one score per prompt: Lime's and KernelShap's surrogate target
+        tokens = logp.exp() if prob else logp
+        return torch.cat([total.unsqueeze(1), tokens], 1)
+
+    method = copy.copy(attr.attr_method)
+    method.forward_func = forward
+    n_rows = 1 + target_ids.numel() if per_token else 1
+    trials = []
+    for _ in range(max(int(num_trials), 1)):
+        if isinstance(inp, TextTemplateInput):
+            inp.new_trial()
+        out = method.attribute(  # type: ignore[attr-defined]
+            inp.to_tensor().float(),
+            baselines=0.0,
+            perturbations_per_eval=prompts_per_call,
+            **kwargs,
         )
+        trials.append(cast(Tensor, out).reshape(n_rows, -1))
+    # (1 + K, n_itp_features), then one column per value for a grouped template
+    result = inp.format_attr(torch.stack(trials).mean(0))
+    full_info = target_info(attr.tokenizer, target_ids)
+    if foil_ids is not None:
+        full_info["foil_tokens"] = attr.tokenizer.convert_ids_to_tokens(foil_ids.tolist())
+    full_info.update(info or {})
+    return LLMAttributionResult(
+        seq_attr=result[0],
+        token_attr=result[1:] if per_token else None,
+        input_tokens=list(inp.values),
+        output_tokens=output_token_texts(attr.tokenizer, target_ids),
+        output_probs=original_logp.exp(),
+        method=type(attr.attr_method).__name__,
+        info=full_info,
+        inp=inp,
+    )

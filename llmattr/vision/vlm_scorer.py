@@ -17,7 +17,6 @@ may call it directly.
 from __future__ import annotations
 
 import contextlib
-import copy
 import inspect
 from collections.abc import Iterator, Mapping, Sequence
 from functools import partial
@@ -218,8 +217,7 @@ def attribute_vlm(
     (log-)probability, computed exactly: teacher-forced, with the perturbed image always given.
     """
     from ..text.inputs import _skip_token_id
-    from ..text.llm_attr import _pad_id, _target_ids, output_token_texts, target_info
-    from ..text.result import LLMAttributionResult
+    from ..text.llm_attr import _pad_id, _target_ids, run_attribution
 
     model, tokenizer = attr.model, _tokenizer_of(attr.tokenizer)
     original = check_model_inputs(inp.original_model_inputs)
@@ -246,10 +244,8 @@ def attribute_vlm(
         foil_ids = _target_ids(model, tokenizer, prompt, foil, None, skip_tokens)
         foil_scorer = VLMScorer(model, foil_ids, pad, rows_per_forward)
         foil_base = foil_scorer.score([original])[0]
-    prob = attr.attr_target == "prob"
-    per_token = attr.include_per_token_attr
 
-    def scores(presence: Tensor, sc: VLMScorer, known: Tensor) -> Tensor:
+    def known_or_scored(presence: Tensor, sc: VLMScorer, known: Tensor) -> Tensor:
         keep = torch.as_tensor(presence).reshape(-1, inp.n_itp_features) != 0
         out = known.expand(keep.shape[0], -1).clone()
         todo = [i for i in range(keep.shape[0]) if not bool(keep[i].all())]
@@ -257,41 +253,14 @@ def attribute_vlm(
             out[todo] = sc.score(inp.perturbed_model_inputs(keep[todo].to(torch.float32)))
         return out
 
-    def forward(presence: Tensor) -> Tensor:
-        logp = scores(presence, scorer, base)
-        total = logp.sum(1)
-        if foil_scorer is not None:
-            total = total - scores(presence, foil_scorer, foil_base).sum(1)
-        total = total.exp() if prob else total
-        if not per_token:
-            return total
-        tokens = logp.exp() if prob else logp
-        return torch.cat([total.unsqueeze(1), tokens], 1)
+    def scores(presence: Tensor) -> tuple[Tensor, Tensor | None]:
+        logp = known_or_scored(presence, scorer, base)
+        if foil_scorer is None:
+            return logp, None
+        return logp, known_or_scored(presence, foil_scorer, foil_base)
 
-    method = copy.copy(attr.attr_method)
-    method.forward_func = forward
-    n_rows = 1 + target_ids.numel() if per_token else 1
-    trials = []
-    for _ in range(max(int(num_trials), 1)):
-        got = method.attribute(
-            inp.to_tensor().float(),
-            baselines=0.0,
-            perturbations_per_eval=prompts_per_call,
-            **kwargs,
-        )
-        trials.append(cast(Tensor, got).reshape(n_rows, -1))
-    result = inp.format_attr(torch.stack(trials).mean(0))
-    info = target_info(tokenizer, target_ids)
-    if foil_scorer is not None:
-        info["foil_tokens"] = tokenizer.convert_ids_to_tokens(foil_scorer.target.tolist())
-    info["modalities"] = list(inp.modalities)
-    return LLMAttributionResult(
-        seq_attr=result[0],
-        token_attr=result[1:] if per_token else None,
-        input_tokens=list(inp.values),
-        output_tokens=output_token_texts(tokenizer, target_ids),
-        output_probs=base.exp(),
-        method=type(attr.attr_method).__name__,
-        info=info,
-        inp=inp,
-    )
+    foil_ids = None if foil_scorer is None else foil_scorer.target
+    return run_attribution(
+        attr, inp, scores, target_ids, base, foil_ids, prompts_per_call, num_trials, kwargs,
+        info={"modalities": list(inp.modalities)},
+    )  # fmt: skip
