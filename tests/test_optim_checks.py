@@ -56,16 +56,22 @@ def fails_before_a_step(opt: InputOptimization, model: nn.Module, match: str) ->
 def test_target_not_in_model_lists_valid_names() -> None:
     model = tiny_cnn()
     with pytest.raises(InputError, match=r"'9' is not a layer.*Valid names: '0', '1'"):
-        InputOptimization(model, L.ChannelActivation("9", 0), torch.zeros(1, 3, 6, 6))
+        InputOptimization(
+            model, L.ChannelActivation("9", 0), torch.zeros(1, 3, 6, 6), transform=nn.Identity()
+        )
     with pytest.raises(InputError, match="not a submodule"):
-        InputOptimization(model, L.LayerActivation(nn.ReLU()), torch.zeros(1, 3, 6, 6))
+        InputOptimization(
+            model, L.LayerActivation(nn.ReLU()), torch.zeros(1, 3, 6, 6), transform=nn.Identity()
+        )
     assert_no_hooks(model)
 
 
 def test_target_that_never_runs_is_named() -> None:
     model = tiny_cnn()
     loss = L.LayerActivation("2") + L.LayerActivation("unused")
-    opt = InputOptimization(model, loss, nn.Parameter(torch.rand(1, 3, 6, 6)))
+    opt = InputOptimization(
+        model, loss, nn.Parameter(torch.rand(1, 3, 6, 6)), transform=nn.Identity()
+    )
     msg = fails_before_a_step(opt, model, "never ran")
     assert "'unused'" in msg and "'2'" not in msg
     with pytest.raises(InputError, match=r"\['unused'\] never ran"):
@@ -76,12 +82,18 @@ def test_target_that_never_runs_is_named() -> None:
 def test_channel_index_out_of_range_gives_channel_count() -> None:
     model = tiny_cnn()
     opt = InputOptimization(
-        model, L.ChannelActivation("2", 5), nn.Parameter(torch.rand(1, 3, 6, 6))
+        model,
+        L.ChannelActivation("2", 5),
+        nn.Parameter(torch.rand(1, 3, 6, 6)),
+        transform=nn.Identity(),
     )
     msg = fails_before_a_step(opt, model, "channel index 5 is out of range")
     assert "has 5 channels" in msg
     ok = InputOptimization(
-        model, L.ChannelActivation("2", -5), nn.Parameter(torch.rand(1, 3, 6, 6))
+        model,
+        L.ChannelActivation("2", -5),
+        nn.Parameter(torch.rand(1, 3, 6, 6)),
+        transform=nn.Identity(),
     )
     assert ok.optimize(n_steps(1, show_progress=False)).shape == (1,)
 
@@ -90,46 +102,58 @@ def test_channel_index_out_of_range_gives_channel_count() -> None:
 def test_channel_mismatch_names_both_counts_and_the_fix(channels: int) -> None:
     model = tiny_cnn(3)
     image = NaturalImage((6, 7), channels=channels, generator=torch.Generator().manual_seed(0))
-    opt = InputOptimization(model, L.ChannelActivation("0", 1), image)
+    opt = InputOptimization(model, L.ChannelActivation("0", 1), image, transform=nn.Identity())
     msg = fails_before_a_step(opt, model, f"has {channels} channels")
     assert "first layer '0' (Conv2d) takes 3" in msg
     assert "NaturalImage((6, 7), channels=3)" in msg
     fixed = NaturalImage((6, 7), channels=3, generator=torch.Generator().manual_seed(0))
-    ok = InputOptimization(model, L.ChannelActivation("0", 1), fixed)
+    ok = InputOptimization(model, L.ChannelActivation("0", 1), fixed, transform=nn.Identity())
     assert ok.optimize(n_steps(2, show_progress=False)).shape == (2,)
 
 
 def test_channel_mismatch_for_a_linear_first_layer() -> None:
     model = nn.Sequential(nn.Linear(5, 3), nn.ReLU())
-    opt = InputOptimization(model, L.LayerActivation("1"), nn.Parameter(torch.rand(2, 4)))
+    opt = InputOptimization(
+        model, L.LayerActivation("1"), nn.Parameter(torch.rand(2, 4)), transform=nn.Identity()
+    )
     msg = fails_before_a_step(opt, model, "has 4 channels")
     assert "first layer '0' (Linear) takes 5" in msg
 
 
 def test_image_size_the_flattening_model_cannot_take() -> None:
     model = flat_mlp(8, 8)
-    opt = InputOptimization(model, L.LayerActivation("2"), nn.Parameter(torch.rand(1, 3, 6, 6)))
+    opt = InputOptimization(
+        model, L.LayerActivation("2"), nn.Parameter(torch.rand(1, 3, 6, 6)), transform=nn.Identity()
+    )
     msg = fails_before_a_step(opt, model, "cannot take an input")
     assert "a 6x6 image" in msg and "108 features" in msg
     assert "192 input features (a 8x8 image with 3 channels)" in msg
     # not a square: the area is given
     odd = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 6, 2))
-    opt = InputOptimization(odd, L.LayerActivation("1"), nn.Parameter(torch.rand(1, 3, 5, 5)))
+    opt = InputOptimization(
+        odd, L.LayerActivation("1"), nn.Parameter(torch.rand(1, 3, 5, 5)), transform=nn.Identity()
+    )
     assert "H*W = 24" in fails_before_a_step(opt, odd, "cannot take")
     # the right size works
-    ok = InputOptimization(model, L.LayerActivation("2"), nn.Parameter(torch.rand(1, 3, 8, 8)))
+    ok = InputOptimization(
+        model, L.LayerActivation("2"), nn.Parameter(torch.rand(1, 3, 8, 8)), transform=nn.Identity()
+    )
     assert ok.optimize(n_steps(2, show_progress=False)).shape == (2,)
 
 
 def test_image_size_deeper_in_the_model_and_too_small_for_a_kernel() -> None:
     # conv then flatten then a Linear built for 8x8 feature maps
     model = nn.Sequential(nn.Conv2d(3, 2, 3, padding=1), nn.Flatten(), nn.Linear(2 * 8 * 8, 2))
-    opt = InputOptimization(model, L.LayerActivation("2"), nn.Parameter(torch.rand(1, 3, 6, 6)))
+    opt = InputOptimization(
+        model, L.LayerActivation("2"), nn.Parameter(torch.rand(1, 3, 6, 6)), transform=nn.Identity()
+    )
     msg = fails_before_a_step(opt, model, "cannot take an input")
     assert "a 6x6 image" in msg and "in_features=128" in msg
     # a 5x5 kernel on a 3x3 image: torch's own error, wrapped with the image size
     conv = nn.Sequential(nn.Conv2d(3, 2, 5), nn.ReLU())
-    opt = InputOptimization(conv, L.LayerActivation("1"), nn.Parameter(torch.rand(1, 3, 3, 3)))
+    opt = InputOptimization(
+        conv, L.LayerActivation("1"), nn.Parameter(torch.rand(1, 3, 3, 3)), transform=nn.Identity()
+    )
     msg = fails_before_a_step(opt, conv, "failed on an input")
     assert "a 3x3 image" in msg and "The model said" in msg
     assert isinstance(msg, str)
@@ -139,7 +163,7 @@ def test_nan_during_optimization_names_the_step_and_leaves_no_hooks() -> None:
     model = tiny_cnn()
     image = nn.Parameter(torch.full((1, 3, 6, 6), 0.5))
     loss = L.CompositeLoss(lambda m: -torch.log(m[model[6]][:, 0] + 10.0), "log", model[6])
-    opt = InputOptimization(model, loss, image)
+    opt = InputOptimization(model, loss, image, transform=nn.Identity())
     with pytest.raises(NonFiniteLossError, match=r"at step [1-9]\d*"):
         opt.optimize(n_steps(500, show_progress=False), lr=5.0)
     assert_no_hooks(model)

@@ -252,7 +252,9 @@ def test_targets_by_name_and_errors() -> None:
     with pytest.raises(InputError, match="not a submodule"):
         resolve_target(model, nn.ReLU())
     with pytest.raises(InputError, match="Valid names"):
-        InputOptimization(model, L.ChannelActivation("nope", 0), torch.zeros(1, 3, 6, 6))
+        InputOptimization(
+            model, L.ChannelActivation("nope", 0), torch.zeros(1, 3, 6, 6), transform=nn.Identity()
+        )
     with pytest.raises(TypeError):
         L.ChannelActivation(3, 0)  # type: ignore[arg-type]
     with pytest.raises(InputTypeError, match="input_param"):
@@ -261,7 +263,12 @@ def test_targets_by_name_and_errors() -> None:
 
 def test_channel_out_of_range_gives_channel_count() -> None:
     model = TinyCNN()
-    opt = InputOptimization(model, L.ChannelActivation("features.2", 7), torch.zeros(1, 3, 6, 6))
+    opt = InputOptimization(
+        model,
+        L.ChannelActivation("features.2", 7),
+        torch.zeros(1, 3, 6, 6),
+        transform=nn.Identity(),
+    )
     with pytest.raises(InputError, match="has 5 channels"):
         opt.optimize(n_steps(3, show_progress=False))
     assert_no_hooks(model)
@@ -273,7 +280,9 @@ def test_channel_out_of_range_gives_channel_count() -> None:
 
 def test_layer_that_never_runs() -> None:
     model = TinyCNN()
-    opt = InputOptimization(model, L.LayerActivation("unused"), torch.zeros(1, 3, 6, 6))
+    opt = InputOptimization(
+        model, L.LayerActivation("unused"), torch.zeros(1, 3, 6, 6), transform=nn.Identity()
+    )
     with pytest.raises(InputError, match="never ran"):
         opt.optimize(n_steps(2, show_progress=False))
     assert_no_hooks(model)
@@ -303,7 +312,7 @@ def test_hooks_removed_when_the_loss_raises() -> None:
             return values[self.target]
 
     opt = InputOptimization(model, Raising(model.fc) + L.LayerActivation("features.0"),
-                            torch.zeros(1, 3, 6, 6))  # fmt: skip
+                            torch.zeros(1, 3, 6, 6), transform=nn.Identity())  # fmt: skip
     with pytest.raises(Boom):
         opt.optimize(n_steps(3, show_progress=False))
     assert_no_hooks(model)
@@ -317,12 +326,17 @@ def test_nan_error_names_the_step() -> None:
     # log of a channel that turns negative after a few steps of large lr: NaN
     image = nn.Parameter(torch.full((1, 3, 6, 6), 0.5))
     loss = L.CompositeLoss(lambda m: -torch.log(m[model.fc][:, 0] + 10.0), "log", model.fc)
-    opt = InputOptimization(model, loss, image)
+    opt = InputOptimization(model, loss, image, transform=nn.Identity())
     with pytest.raises(NonFiniteLossError, match=r"at step \d+"):
         opt.optimize(n_steps(500, show_progress=False), lr=5.0)
     assert_no_hooks(model)
     # a loss that is NaN from the start: step 0
-    bad = InputOptimization(model, L.LayerActivation("fc") * float("nan"), torch.zeros(1, 3, 6, 6))
+    bad = InputOptimization(
+        model,
+        L.LayerActivation("fc") * float("nan"),
+        torch.zeros(1, 3, 6, 6),
+        transform=nn.Identity(),
+    )
     with pytest.raises(NonFiniteLossError, match="nan at step 0"):
         bad.optimize(n_steps(3, show_progress=False))
 
@@ -336,7 +350,9 @@ def test_optimize_increases_channel_activation(dtype: torch.dtype) -> None:
     image = nn.Parameter(0.1 * torch.randn(1, 3, 8, 8, dtype=dtype))
     target = model.features[2]
     before = float(collect_activations(model, target, image.detach())[target][:, 3].mean())
-    opt = InputOptimization(model, L.ChannelActivation("features.2", 3), image)
+    opt = InputOptimization(
+        model, L.ChannelActivation("features.2", 3), image, transform=nn.Identity()
+    )
     history = opt.optimize(n_steps(60, show_progress=False), lr=0.2, snapshot_steps=[0, 20, 60])
     after = float(collect_activations(model, target, image.detach())[target][:, 3].mean())
     assert history.shape == (60,)
@@ -384,7 +400,7 @@ def test_mixed_name_and_module_targets() -> None:
         + L.Diversity("features.3")
     )
     assert loss.target == ["features.2", model.features[2], "features.3"]
-    opt = InputOptimization(model, loss, image)
+    opt = InputOptimization(model, loss, image, transform=nn.Identity())
     a = model.features(image)
     pre, post = model.features[2](model.features[1](model.features[0](image))), a
     ref = pre[:, 1].mean() - 0.1 * (1e-6 + (pre**2).sum()).sqrt() + run(L.Diversity(M), post)
@@ -395,12 +411,18 @@ def test_mixed_name_and_module_targets() -> None:
 def test_early_stopping_and_progress_bar() -> None:
     model = TinyCNN()
     # a loss that cannot change (depends on nothing trainable): stops after patience + 1 steps
-    flat = InputOptimization(model, L.LayerActivation(model.fc) * 0, torch.zeros(1, 3, 6, 6))
+    flat = InputOptimization(
+        model, L.LayerActivation(model.fc) * 0, torch.zeros(1, 3, 6, 6), transform=nn.Identity()
+    )
     history = flat.optimize(early_stopping(100, patience=3))
     assert history.shape == (4,)
     # a conv channel is linear in the image: it improves at every step, so runs all 7
-    improving = InputOptimization(model, L.ChannelActivation("features.0", 0),
-                                  nn.Parameter(torch.zeros(1, 3, 6, 6)))  # fmt: skip
+    improving = InputOptimization(
+        model,
+        L.ChannelActivation("features.0", 0),
+        nn.Parameter(torch.zeros(1, 3, 6, 6)),
+        transform=nn.Identity(),
+    )
     assert improving.optimize(early_stopping(7, patience=3), lr=0.1).shape == (7,)
     assert improving.optimize(n_steps(3, show_progress=True)).shape == (3,)
     assert_no_hooks(model)

@@ -65,9 +65,9 @@ def test_redirected_relu_lets_a_dead_channel_render() -> None:
     def render() -> float:
         image = FFTImage((8, 8), generator=torch.Generator().manual_seed(0))
         base = image().detach().clone()
-        InputOptimization(model, ChannelActivation(model[1], 0), image).optimize(
-            n_steps(10, show_progress=False), lr=0.1
-        )
+        InputOptimization(
+            model, ChannelActivation(model[1], 0), image, transform=nn.Identity()
+        ).optimize(n_steps(10, show_progress=False), lr=0.1)
         return float((image().detach() - base).abs().max())
 
     assert render() == 0.0  # plain ReLU: no gradient, the image never moves

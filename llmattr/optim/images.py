@@ -195,8 +195,10 @@ class FFTImage(ImageParameterization):
             dtype = torch.get_default_dtype()
             coeffs = _randn((batch, channels, h, w // 2 + 1, 2), generator).to(dtype) * 0.01
         else:
-            spectrum = torch.fft.rfft2(init, norm="ortho") / self._scale(init.dtype, init.device)
-            coeffs = torch.view_as_real(spectrum).clone()
+            low = init.dtype in (torch.float16, torch.bfloat16)
+            work = init.float() if low else init
+            spectrum = torch.fft.rfft2(work, norm="ortho") / self._scale(work.dtype, work.device)
+            coeffs = torch.view_as_real(spectrum).clone().to(init.dtype)
         self.fourier_coeffs = nn.Parameter(coeffs)
 
     def _scale(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -211,8 +213,14 @@ class FFTImage(ImageParameterization):
         return self._scale(self.fourier_coeffs.dtype, self.fourier_coeffs.device)
 
     def forward(self) -> torch.Tensor:
-        spectrum = torch.view_as_complex(self.fourier_coeffs.contiguous()) * self.spectrum_scale
-        return torch.fft.irfft2(spectrum, s=self.size, norm="ortho")
+        coeffs = self.fourier_coeffs
+        # torch has no CPU FFT for float16 and no complex bfloat16: the transform runs in float32
+        # for those and the image comes back in the parameters' dtype (gradients flow through).
+        low = coeffs.dtype in (torch.float16, torch.bfloat16)
+        work = coeffs.float() if low else coeffs
+        spectrum = torch.view_as_complex(work.contiguous()) * self._scale(work.dtype, work.device)
+        image = torch.fft.irfft2(spectrum, s=self.size, norm="ortho")
+        return image.to(coeffs.dtype) if low else image
 
 
 class LaplacianImage(ImageParameterization):

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from .._core.errors import InputError, InputTypeError
 from .checks import checked_forward
-from .layers import ModuleOutputsHook, resolve_target
+from .layers import ModuleOutputsHook, Target, resolve_target
 from .loss import Loss, _flat_targets, default_loss_summarize
 
 __all__ = ["InputOptimization", "NonFiniteLossError", "StopCriteria", "early_stopping", "n_steps"]
@@ -51,10 +51,16 @@ class InputOptimization:
             are resolved now, and an unknown name is refused with the list of valid names.
         input_param: a module whose ``forward()`` returns the model input (e.g. ``(N, C, H, W)``),
             or a tensor/``nn.Parameter`` used as the input itself. Default (optim-wip's): a
-            ``NaturalImage((224, 224))``, with the transform ``RandomScale((1, 0.975, 1.025, 0.95,
-            1.05))`` then ``RandomSpatialJitter(16)`` unless one is given.
-        transform: a module applied to the input before the model (default: none, or the one
-            above when ``input_param`` is None).
+            ``NaturalImage((224, 224))``. A module is moved to the device of the model's
+            parameters (as optim-wip does); a tensor is used where it is.
+        transform: a module (or callable) applied to the input before the model. ``None`` means
+            optim-wip's default, ``RandomScale((1, 0.975, 1.025, 0.95, 1.05))`` then
+            ``RandomSpatialJitter(16)``; pass ``nn.Identity()`` for no transform.
+
+    Mixed precision: when the model's parameters are float16/bfloat16 and the input comes out
+    float32/float64, it is cast to the model's dtype just before the forward, so a float32
+    parameterization (and float32 Adam state) can drive a half-precision model — the setup that
+    works for float16 (Adam's ``eps`` underflows in float16 parameters).
     """
 
     def __init__(
@@ -72,19 +78,25 @@ class InputOptimization:
             )
         if input_param is None:  # optim-wip's defaults: a 224x224 natural image, jittered
             from .images import NaturalImage
-            from .transforms import RandomScale, RandomSpatialJitter
 
             input_param = NaturalImage((224, 224))
-            if transform is None:
-                transform = nn.Sequential(
-                    RandomScale(scale=(1, 0.975, 1.025, 0.95, 1.05)), RandomSpatialJitter(16)
-                )
+        if transform is None:
+            from .transforms import RandomScale, RandomSpatialJitter
+
+            transform = nn.Sequential(
+                RandomScale(scale=(1, 0.975, 1.025, 0.95, 1.05)), RandomSpatialJitter(16)
+            )
         if isinstance(input_param, Tensor):
             input_param = _TensorInput(input_param)
+        elif isinstance(input_param, nn.Module):
+            first = next(iter(model.parameters()), None)
+            if first is not None:
+                input_param = input_param.to(first.device)
         if not isinstance(input_param, nn.Module):
             raise InputTypeError(
                 f"input_param must be an nn.Module or a tensor, got {type(input_param).__name__}."
             )
+        self._model_dtype = _half_dtype(model)
         self.model, self.loss_function = model, loss_function
         self.input_param, self.transform = input_param, transform
         self._names = _flat_targets(loss_function.target)
@@ -95,10 +107,30 @@ class InputOptimization:
         """The trainable parameters of the input parameterization."""
         return [p for p in self.input_param.parameters() if p.requires_grad]
 
+    @property
+    def targets(self) -> list[nn.Module]:
+        """The hooked modules (optim-wip's property), resolved from the loss's targets."""
+        return list(self._modules)
+
+    @targets.setter
+    def targets(self, value: Target | Sequence[Target]) -> None:
+        names = list(value) if isinstance(value, list | tuple) else [value]
+        self._names = names
+        self._modules = [resolve_target(self.model, t) for t in names]
+
+    def cleanup(self) -> None:
+        """optim-wip's hook clean-up; a no-op here: hooks only exist inside a call."""
+
     def _loss(self, hook: ModuleOutputsHook, checked: bool = True) -> Tensor:
         image = self.input_param()
         if self.transform is not None:
             image = self.transform(image)
+        if (
+            self._model_dtype is not None
+            and image.is_floating_point()
+            and image.dtype in (torch.float32, torch.float64)
+        ):
+            image = image.to(self._model_dtype)
         if checked:  # the first forward: bad setups become a clear InputError
             checked_forward(self.model, image, self._modules, self._names)
         else:
@@ -167,11 +199,7 @@ class InputOptimization:
                         shape = tuple(value.shape)
                         raise InputError(f"loss_summarize_fn must return a scalar, got {shape}.")
                     if not math.isfinite(float(value.detach())):
-                        raise NonFiniteLossError(
-                            f"The loss became {float(value.detach())} at step {step} (after {step} "
-                            "optimizer steps); lower the learning rate or add a penalty that "
-                            "bounds the input."
-                        )
+                        raise NonFiniteLossError(_non_finite_message(value, step, params))
                     history.append(value.detach().clone().reshape(()))
                     grads = torch.autograd.grad(value, params, allow_unused=True)
                     for p, g in zip(params, grads, strict=True):
@@ -235,3 +263,26 @@ def early_stopping(n: int, patience: int = 20, min_delta: float = 0.0) -> StopCr
         return min(values[-patience:]) < best_before - min_delta
 
     return continue_while
+
+
+def _half_dtype(model: nn.Module) -> torch.dtype | None:
+    """float16/bfloat16 when the model's first floating parameter has it, else None."""
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype if p.dtype in (torch.float16, torch.bfloat16) else None
+    return None
+
+
+def _non_finite_message(value: Tensor, step: int, params: Sequence[Tensor]) -> str:
+    """The NaN/inf error, with the float16 hint when the parameters are float16."""
+    msg = (
+        f"The loss became {float(value.detach())} at step {step} (after {step} optimizer "
+        "steps); lower the learning rate or add a penalty that bounds the input."
+    )
+    if any(p.dtype == torch.float16 for p in params):
+        msg += (
+            " The input's parameters are float16, where Adam's eps (1e-8) underflows to 0: keep "
+            "the parameterization in float32 (the model may stay float16; the input is cast to "
+            "the model's dtype before each forward)."
+        )
+    return msg

@@ -100,7 +100,7 @@ def render_channels(
         size: the image size ``(H, W)`` (or an int for a square).
         n_steps: optimizer steps (Adam with learning rate ``lr``).
         transform: applied to the whole batch each step (a random transform draws one set of
-            parameters per step, shared by all images).
+            parameters per step, shared by all images); None = no transform.
         input_channels: the model's input channels (1 = greyscale, 3 = RGB, 4 = RGBA).
         parameterization: an :class:`ImageParameterization` class built as
             ``cls(size=, channels=, batch=, generator=)`` with parameters batched along dim 0.
@@ -141,7 +141,8 @@ def render_channels(
         for r in range(restarts)
         for i, c in enumerate(chans)
     ]
-    opt = InputOptimization(model, sum_loss_list(losses), image, transform)
+    no_transform = nn.Identity() if transform is None else transform
+    opt = InputOptimization(model, sum_loss_list(losses), image, no_transform)
     opt.optimize(_stop_after(n_steps, show_progress=False), lr=lr)
     with torch.no_grad():
         final = image().detach()
