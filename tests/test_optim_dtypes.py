@@ -173,3 +173,16 @@ def test_parameterizations_and_transforms_compile_with_inductor() -> None:
     (g_c,) = torch.autograd.grad(out.square().sum(), [image.parameterization.fourier_coeffs])
     (g_e,) = torch.autograd.grad(ref.square().sum(), [image.parameterization.fourier_coeffs])
     torch.testing.assert_close(g_c, g_e, atol=1e-5, rtol=1e-5)
+
+
+def test_natural_image_takes_optim_wip_keyword_names() -> None:
+    torch.manual_seed(0)
+    image = torch.rand(1, 3, 8, 8) * 0.8 + 0.1
+    same = NaturalImage(init=image, squash_func=torch.sigmoid, decorrelation_module=ToRGB("klt"))
+    torch.testing.assert_close(same(), image, atol=1e-5, rtol=0)
+    plain = NaturalImage((8, 8), decorrelation_module=None)
+    assert plain.decorrelate is None
+    # without decorrelate_init the init is not mapped through ToRGB's inverse
+    raw = NaturalImage(init=image, decorrelate_init=False)
+    expected = torch.sigmoid(ToRGB("klt")(torch.logit(image)))
+    torch.testing.assert_close(raw(), expected, atol=1e-5, rtol=0)

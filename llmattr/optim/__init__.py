@@ -40,7 +40,6 @@ from .images import (
     FFTImage,
     ImageParameterization,
     LaplacianImage,
-    NaturalImage,
     PixelImage,
     SharedImage,
     StackImage,
@@ -75,6 +74,7 @@ from .models import (
     replace_layers,
     skip_layers,
 )
+from .natural_image import NaturalImage
 from .optimization import (
     InputOptimization,
     NonFiniteLossError,

@@ -77,7 +77,7 @@ class InputOptimization:
                 f"loss_function must be an llmattr.optim Loss, got {type(loss_function).__name__}."
             )
         if input_param is None:  # optim-wip's defaults: a 224x224 natural image, jittered
-            from .images import NaturalImage
+            from .natural_image import NaturalImage
 
             input_param = NaturalImage((224, 224))
         if transform is None:

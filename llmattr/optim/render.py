@@ -21,9 +21,10 @@ from torch import Tensor, nn
 
 from .._core.errors import InputError, InputTypeError
 from .image_tensor import ImageTensor
-from .images import ImageParameterization, NaturalImage
+from .images import ImageParameterization
 from .layers import ModuleOutputsHook, resolve_target
 from .loss import ChannelActivation, Target, sum_loss_list
+from .natural_image import NaturalImage
 from .optimization import InputOptimization
 from .optimization import n_steps as _stop_after
 
