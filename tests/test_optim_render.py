@@ -160,3 +160,17 @@ def test_linear_layer_logits_render_and_rise() -> None:
         before, after = model(start)[0], model(images)
     torch.testing.assert_close(acts, after.diagonal())
     assert bool((acts > before + 0.1).all()), (before, acts)
+
+
+def test_max_batch_chunks_equal_one_run_float64() -> None:
+    """Channels rendered in chunks of at most max_batch images equal one batched run."""
+    model = _cnn(dtype=torch.float64)
+    chans = [4, 0, 2, 1, 3]
+    kw = dict(size=10, n_steps=8, lr=0.05, seed=2, restarts=2, return_activations=True)
+    whole, acts = render_channels(model, "2", chans, **kw)
+    for max_batch in (1, 3, 4):
+        parts, part_acts = render_channels(model, "2", chans, max_batch=max_batch, **kw)
+        torch.testing.assert_close(parts, whole, rtol=0, atol=1e-10)
+        torch.testing.assert_close(part_acts, acts, rtol=0, atol=1e-10)
+    with pytest.raises(InputError, match="max_batch"):
+        render_channels(model, "2", chans, max_batch=0)

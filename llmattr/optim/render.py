@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -89,6 +90,7 @@ def render_channels(
     seed: int = 0,
     restarts: int = 1,
     return_activations: bool = False,
+    max_batch: int | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Render one image per channel of ``target`` in a single batched optimization.
 
@@ -109,6 +111,10 @@ def render_channels(
         restarts: independent starts per channel, all in the same batch; the one with the
             highest final activation (mean of the channel on the untransformed image) is kept.
         return_activations: also return the kept images' final activations, ``(len(channels),)``.
+        max_batch: at most this many images (channels × restarts) per optimization; channels are
+            rendered in consecutive chunks (all restarts of a channel in the same chunk). Equal to
+            one run when the transform is deterministic (each image's optimization is
+            independent). Without it, a CUDA out-of-memory error halves the batch and retries.
 
     Returns:
         ``(len(channels), input_channels, H, W)`` images (detached, in the model's dtype), and
@@ -133,6 +139,58 @@ def render_channels(
     ):
         raise InputError(f"size must be a positive int or (height, width), got {size!r}.")
     module = resolve_target(model, target)
+    if max_batch is not None and (
+        not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1
+    ):
+        raise InputError(f"max_batch must be a positive int or None, got {max_batch!r}.")
+    n = len(chans)
+    run = dict(size=size, n_steps=n_steps, lr=lr, transform=transform, seed=seed)
+    run.update(input_channels=input_channels, parameterization=parameterization)
+    if max_batch is None or n * restarts <= max_batch:
+        try:
+            images, acts = _render_batch(model, module, chans, restarts=restarts, **run)
+        except torch.OutOfMemoryError:
+            if n == 1 or max_batch is not None:
+                raise
+            images, acts = _render_chunks(model, module, chans, restarts, (n * restarts) // 2, run)
+    else:
+        images, acts = _render_chunks(model, module, chans, restarts, max_batch, run)
+    return (images, acts) if return_activations else images
+
+
+def _render_chunks(
+    model: nn.Module,
+    module: nn.Module,
+    chans: list[int],
+    restarts: int,
+    max_batch: int,
+    run: dict[str, Any],
+) -> tuple[Tensor, Tensor]:
+    step = max(1, max_batch // restarts)
+    parts = [
+        render_channels(
+            model, module, chans[i : i + step], restarts=restarts, return_activations=True,
+            max_batch=max(max_batch, restarts), **run,
+        )
+        for i in range(0, len(chans), step)
+    ]  # fmt: skip
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def _render_batch(
+    model: nn.Module,
+    module: nn.Module,
+    chans: list[int],
+    *,
+    size: tuple[int, int],
+    n_steps: int,
+    lr: float,
+    transform: nn.Module | Callable[[Tensor], Tensor] | None,
+    input_channels: int,
+    parameterization: type[ImageParameterization],
+    seed: int,
+    restarts: int,
+) -> tuple[Tensor, Tensor]:
     n = len(chans)
     image = _batched_start(
         parameterization, (size[0], size[1]), input_channels, n, [seed + r for r in range(restarts)]
@@ -155,9 +213,7 @@ def render_channels(
         best = per_image.reshape(restarts, n).argmax(0)  # (n,): the best restart per channel
         pick = best * n + torch.arange(n)
         out = final[pick].as_subclass(torch.Tensor)
-    if return_activations:
-        return out, per_image[pick]
-    return out
+    return out, per_image[pick]
 
 
 def _as_chw(images: Tensor) -> Tensor:
