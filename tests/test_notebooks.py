@@ -70,11 +70,14 @@ EXPECTED: dict[str, tuple[list[str], int]] = {
             "channels above their training maximum: ",
             "with RedirectedReLU: 8 of 8",
             "classes rendered at p >= 0.99: ",
+            "p(class) under shifts: plain ",
+            "pixel correlation between the 4 images: ",
+            "saved relu3_channels.png: 138x70 L",
             "MaxActivatingExamples(neuron 13",
             "search reaches ",
             "searched prompt beats every corpus token: True",
         ],
-        2,
+        4,
     ),
 }
 
