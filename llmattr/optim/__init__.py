@@ -48,6 +48,7 @@ from .layers import (
     ModuleOutputsHook,
     collect_activations,
     get_model_layers,
+    layer_input,
 )
 from .loss import (
     L1,
@@ -173,6 +174,7 @@ __all__ = [
     "extract_expanded_weights",
     "get_model_layers",
     "image_grid",
+    "layer_input",
     "max2avg_pool2d",
     "max_activating_examples",
     "n_steps",

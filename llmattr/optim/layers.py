@@ -2,6 +2,9 @@
 
 A loss *target* is a module of the model or its dotted name (``"features.3"``, as
 ``model.named_modules()`` spells it; optim-wip's bracket form ``"features[3]"`` is accepted too).
+A name ending in ``":input"`` (or :func:`layer_input` of a module) targets the module's *input*
+instead of its output: ``"model.layers.1.mlp.down_proj:input"`` is a gated MLP's neuron vector
+``act(gate(x)) * up(x)``, which no module outputs.
 :class:`ModuleOutputsHook` records the output of each target during one forward pass; its hooks
 exist only inside a ``with`` block, so an exception anywhere in the model or the loss removes them.
 """
@@ -9,7 +12,8 @@ exist only inside a ``with`` block, so an exception anywhere in the model or the
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+import weakref
+from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -24,6 +28,7 @@ __all__ = [
     "Target",
     "collect_activations",
     "get_model_layers",
+    "layer_input",
     "resolve_target",
 ]
 
@@ -40,6 +45,53 @@ def _normalize(name: str) -> str:
     return re.sub(r"\[(\d+)\]", r".\1", name).lstrip(".")
 
 
+class _InputTap(nn.Module):
+    """Stands for the input (first positional tensor) of ``tapped``: a forward hook registered on
+    it is a forward *pre*-hook on ``tapped`` called as ``hook(tap, args, input)``, so every hook
+    user (capture, checks, early stop) treats the input like an output."""
+
+    def __init__(self, tapped: nn.Module) -> None:
+        super().__init__()
+        self.__dict__["tapped"] = tapped  # not a submodule: the model's parameters stay its own
+
+    def register_forward_hook(  # type: ignore[override]
+        self, hook: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> Any:
+        def pre(module: nn.Module, inputs: tuple[Any, ...]) -> None:
+            value = next((v for v in inputs if isinstance(v, Tensor)), None)
+            if value is None:
+                raise InputTypeError(
+                    f"{type(module).__name__} was called without a positional tensor input, so "
+                    "its input cannot be a target; target the module's output instead."
+                )
+            hook(self, inputs, value)
+
+        return self.tapped.register_forward_pre_hook(pre)
+
+    def forward(self, *args: Any) -> Any:
+        raise InputError("An input target is not callable; run the model instead.")
+
+    def extra_repr(self) -> str:
+        return f"input of {type(self.tapped).__name__}"
+
+
+_TAPS: weakref.WeakKeyDictionary[nn.Module, _InputTap] = weakref.WeakKeyDictionary()
+
+
+def layer_input(module: nn.Module) -> nn.Module:
+    """A target standing for ``module``'s input (its first positional tensor), usable wherever a
+    module target is (losses, :class:`ModuleOutputsHook`, :func:`max_activating_examples`, prompt
+    search). The same object comes back for the same module. By name: ``"<name>:input"``."""
+    if isinstance(module, _InputTap):
+        return module
+    if not isinstance(module, nn.Module):
+        raise InputTypeError(f"layer_input takes a module, got {type(module).__name__}.")
+    tap = _TAPS.get(module)
+    if tap is None:
+        tap = _TAPS[module] = _InputTap(module)
+    return tap
+
+
 def resolve_target(model: nn.Module, target: Target) -> nn.Module:
     """The module that ``target`` names in ``model``.
 
@@ -48,6 +100,11 @@ def resolve_target(model: nn.Module, target: Target) -> nn.Module:
             names), or a module that is not part of ``model``.
         InputTypeError: neither a module nor a string.
     """
+    if isinstance(target, str) and target.endswith(":input"):
+        return layer_input(resolve_target(model, target[: -len(":input")]))
+    if isinstance(target, _InputTap):
+        resolve_target(model, target.tapped)
+        return target
     if isinstance(target, str):
         modules = dict(model.named_modules())
         name = _normalize(target)
@@ -56,7 +113,7 @@ def resolve_target(model: nn.Module, target: Target) -> nn.Module:
         valid = ", ".join(repr(n) for n in get_model_layers(model))
         raise InputError(
             f"Loss target {target!r} is not a layer of {type(model).__name__}. "
-            f"Valid names: {valid}."
+            f"Valid names: {valid} (append ':input' to target a layer's input)."
         )
     if isinstance(target, nn.Module):
         if not any(m is target for m in model.modules()):

@@ -265,11 +265,7 @@ def max_activating_examples(
             f"{type(neuron_or_direction).__name__}."
         )
     module = resolve_target(model, layer)
-    layer_name = (
-        layer
-        if isinstance(layer, str)
-        else next(n for n, m in model.named_modules() if m is module)
-    )
+    layer_name = layer if isinstance(layer, str) else _module_name(model, module)
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     pad_id = getattr(tokenizer, "pad_token_id", None) or 0
@@ -355,3 +351,11 @@ def max_activating_examples(
     return MaxActivatingExamples(
         examples, layer=layer_name, target=target_name, num_tokens=num_tokens, num_texts=num_texts
     )
+
+
+def _module_name(model: nn.Module, module: nn.Module) -> str:
+    """The dotted name of ``module`` (``"<name>:input"`` for an input target)."""
+    tapped = getattr(module, "tapped", None)
+    look = tapped if isinstance(tapped, nn.Module) else module
+    name = next((n for n, m in model.named_modules() if m is look), type(look).__name__)
+    return f"{name}:input" if look is not module else name
