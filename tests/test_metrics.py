@@ -157,3 +157,52 @@ def test_feature_ablation_is_not_complete_in_general(demo):
     inp = TextTokenInput(PROMPT, tok, skip_tokens=[tok.bos_token_id])
     result = LLMAttribution(FeatureAblation(model), tok).attribute(inp, target="red")
     assert abs(completeness(model, tok, inp, result).gap) > 0.1
+
+
+def test_faithfulness_rescores_the_attributed_ids_with_a_byte_level_tokenizer():
+    """Readable output tokens ("world", not "Ġworld") must not be mapped back through the vocab:
+    the metric re-scores the ids the result records, equal to brute-force removal."""
+    import tokenizers
+    import transformers
+
+    from tests.conftest import tiny_causal_lm
+
+    bpe = tokenizers.Tokenizer(tokenizers.models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = tokenizers.decoders.ByteLevel()
+    trainer = tokenizers.trainers.BpeTrainer(
+        vocab_size=120,
+        special_tokens=["<pad>", "<unk>"],
+        initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(),
+    )
+    bpe.train_from_iterator(
+        ["the cat sat on the mat", "hello world, the world is wide"] * 5, trainer
+    )
+    tok = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=bpe, pad_token="<pad>", unk_token="<unk>"
+    )
+    model = tiny_causal_lm("gpt2", tok.vocab_size, dtype=torch.float64)
+    inp = TextTokenInput("the cat sat on the", tok)
+    result = LLMAttribution(FeatureAblation(model), tok).attribute(inp, target=" mat world")
+    assert result.info["target_ids"] == tok(" mat world")["input_ids"]
+    assert any(t != p for t, p in zip(result.output_tokens, tok.convert_ids_to_tokens(
+        result.info["target_ids"]), strict=True))  # fmt: skip
+    got = faithfulness(model, tok, inp, result, ks=(1,))
+    # brute force: p(target) with the top feature replaced by the baseline (pad id 0)
+    ids = inp.prompt_ids() if hasattr(inp, "prompt_ids") else None
+    assert ids is not None
+    target = torch.tensor(result.info["target_ids"])
+
+    def logp(prompt):
+        full = torch.cat([prompt, target]).unsqueeze(0)
+        with torch.no_grad():
+            out = model(input_ids=full).logits[0].log_softmax(-1)
+        n = prompt.numel()
+        return float(out[n - 1 : n - 1 + target.numel()].gather(1, target[:, None]).sum())
+
+    top = top_features(result, 1)[0]
+    removed = inp.perturbed_ids(
+        torch.tensor([[float(j != top) for j in range(len(result.seq_attr))]])
+    )
+    expected = torch.exp(torch.tensor(logp(ids))) - torch.exp(torch.tensor(logp(removed[0])))
+    assert abs(got.comprehensiveness[1] - float(expected)) < 1e-9

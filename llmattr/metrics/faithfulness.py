@@ -68,7 +68,10 @@ def _scorer(model: nn.Module, tokenizer: Any, inp: Any, result: LLMAttributionRe
             f"The result has {len(result.seq_attr)} features but the input has {n}; pass the "
             "input that was attributed."
         )
-    target = torch.tensor(tokenizer.convert_tokens_to_ids(list(result.output_tokens)))
+    ids = result.info.get("target_ids")
+    if ids is None:  # a result made elsewhere: its output tokens must be the tokenizer's pieces
+        ids = tokenizer.convert_tokens_to_ids(list(result.output_tokens))
+    target = torch.tensor([int(i) for i in ids], dtype=torch.long)
     return n, Scorer(model, inp.prompt_ids(), target, _pad_id(tokenizer))
 
 

@@ -97,13 +97,15 @@ def _caller_level() -> int:
 
 
 def target_info(tokenizer: Any, target_ids: Tensor) -> dict[str, Any]:
-    """What a result records beside Captum's fields: the target as text (``decode`` of its
+    """What a result records beside Captum's fields: the target's token ids (``"target_ids"``,
+    so metrics re-score exactly the attributed tokens) and the target as text (``decode`` of its
     ids, special tokens kept), which views use as its readable form."""
+    ids = [int(i) for i in target_ids.reshape(-1).tolist()]
     try:
-        text = tokenizer.decode(target_ids.tolist(), skip_special_tokens=False)
+        text = tokenizer.decode(ids, skip_special_tokens=False)
     except (TypeError, ValueError, AttributeError):
-        return {}
-    return {"target_text": str(text)}
+        return {"target_ids": ids}
+    return {"target_ids": ids, "target_text": str(text)}
 
 
 def _target_ids(
