@@ -114,6 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--n-steps", type=int, default=50, metavar="N", help="steps of integrated-gradients"
     )
     explain.add_argument("--seed", type=int, default=0, help="seed of the sampling methods")
+    explain.add_argument(
+        "--robustness",
+        action="store_true",
+        help="also report how robust the answer is: the fewest features, most important "
+        "first, whose removal (replacement by the baseline) changes the greedy answer (with "
+        "--target: makes the model stop preferring the target); shown in the summary, the HTML "
+        "report and the JSON file",
+    )
     explain.add_argument("--html", metavar="FILE", type=Path, help="write an HTML report")
     explain.add_argument("--json", metavar="FILE", type=Path, help="write the result as JSON")
     explain.add_argument(
@@ -259,8 +267,10 @@ def explain_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     )
     spans = feature_spans(inp, tokenizer, args.prompt)
     names = display_names(result.input_tokens, tokenizer, args.features)
+    robust_line = _robustness(model, tokenizer, inp, result, args, names) if args.robustness else ""
     out.write(f"model: {label}\n")
     out.write(summary(result, args.prompt, names, spans, tokenizer, color, args.top))
+    out.write(robust_line)
     for path, write in ((args.html, _write_html), (args.json, _write_json)):
         if path is not None:
             try:
@@ -269,6 +279,31 @@ def explain_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 raise CLIError(f"cannot write {path}: {error.strerror or error}") from None
             out.write(f"wrote {path}\n")
     return 0
+
+
+def _robustness(
+    model: Any, tokenizer: Any, inp: Any, result: Any, args: argparse.Namespace, names: list[str]
+) -> str:
+    """The answer-robustness line of ``--robustness``; the figure is kept in the result's
+    ``info["robustness"]`` (the JSON file, the HTML report's block)."""
+    import torch
+
+    from .robust.text import answer_robustness
+
+    try:
+        # 8 prompts per forward: a few evaluated past the answer's change, far fewer forwards
+        robust = answer_robustness(
+            model, tokenizer, inp, result, target=args.target,
+            max_new_tokens=args.max_new_tokens, perturbations_per_eval=8,
+        )  # fmt: skip
+    except (ValueError, torch.cuda.OutOfMemoryError) as error:
+        raise CLIError(str(error)) from None
+    result.info["robustness"] = robust.to_dict()
+    line = f"robustness: {robust.describe(args.features.removesuffix('s'), names)}"
+    if robust.new_answer is not None:
+        then = "instead" if robust.n_removed == 0 else "then"
+        line += f" (the model {then} says {robust.new_answer!r})"
+    return line + "\n"
 
 
 def _settings(args: argparse.Namespace, label: str) -> dict[str, Any]:

@@ -521,3 +521,45 @@ def test_summary_survives_non_finite_attributions():
     assert f"{ESC}38;5;16;48;5;196mb" in coloured  # +inf: the strongest red
     assert " c " in coloured  # NaN: unpainted
     assert "+inf" in text and "nan" in text
+
+
+# ---- --robustness ------------------------------------------------------------------------------
+
+
+def test_robustness_line_json_and_report(capsys, tmp_path):
+    """The figure printed is the one answer_robustness computes, and it travels into the JSON
+    file and the HTML report."""
+    from llmattr.demo import load_demo_model
+    from llmattr.robust.text import answer_robustness
+    from llmattr.text.inputs import TextTokenInput
+
+    html, js = tmp_path / "r.html", tmp_path / "r.json"
+    code, out, err = run(capsys, "explain", PROMPT, "--robustness", "--html", str(html),
+                         "--json", str(js))  # fmt: skip
+    assert code == 0, err
+    n = len(PROMPT.split())
+    line = next(x for x in out.splitlines() if x.startswith("robustness: "))
+    assert line.startswith(f"robustness: answer changes after removing 1 of {n} tokens: 'red'")
+    saved = LLMAttributionResult.load(js)
+    model, tok = load_demo_model()
+    inp = TextTokenInput(PROMPT, tok, None, include_special_tokens=False)
+    direct = answer_robustness(model, tok, inp, saved, max_new_tokens=10)
+    assert saved.info["robustness"] == json.loads(json.dumps(direct.to_dict()))
+    assert f"(the model then says {direct.new_answer!r})" in line
+    page = html.read_text(encoding="utf-8")
+    assert "Answer robustness" in page and f"<b>1</b> of {n} tokens" in page
+    code, out, _ = run(capsys, "explain", PROMPT)
+    assert code == 0 and "robustness" not in out  # only when asked
+
+
+def test_robustness_of_a_given_target(capsys):
+    code, out, err = run(capsys, "explain", PROMPT, "--robustness", "--features", "words",
+                         "--target", "blue")  # fmt: skip
+    assert code == 0, err
+    assert "robustness: the model does not prefer the target even with nothing removed" in out
+    assert "(the model instead says 'red')" in out
+    code, out, err = run(capsys, "explain", PROMPT, "--robustness", "--features", "words",
+                         "--target", "red")  # fmt: skip
+    assert code == 0, err
+    assert "robustness: target is no longer preferred after removing 1 of" in out
+    assert "words: 'red'" in out

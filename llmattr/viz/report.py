@@ -18,7 +18,7 @@ import base64
 import hashlib
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -42,7 +42,7 @@ from .tokens import display_tokens, tokens_to_text
 if TYPE_CHECKING:
     from ..text.result import LLMAttributionResult
 
-__all__ = ["COMPACT_FROM", "escape", "html_report", "page", "script_json"]
+__all__ = ["COMPACT_FROM", "escape", "html_report", "page", "robustness_block", "script_json"]
 
 _CSS = (
     "body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',sans-serif;margin:1.5em 2em;"
@@ -78,6 +78,8 @@ _CSS = (
     ".hm th.row.sel{background:#222;color:#fff}.hm th.col.hl,.hm tr.hl th{background:#ffe08a}"
     ".hm td{text-align:center;padding:2px 4px;min-width:3.3em;white-space:nowrap}"
     ".hm.compact td{min-width:0;width:10px;height:15px;padding:0}"
+    ".robust{border-left:3px solid #999;padding:.1em .8em;margin:.6em 0}"
+    ".robust code{background:#f1f1f1;border-radius:3px;padding:0 3px;white-space:pre-wrap}"
     ".llmattr-tip{position:fixed;display:none;pointer-events:none;z-index:10;max-width:40em;"
     "background:#222;color:#fff;padding:4px 8px;border-radius:4px;white-space:pre-wrap;"
     "font:12px/1.4 ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}"
@@ -196,10 +198,66 @@ def default_title(result: LLMAttributionResult) -> str:
     return f"{result.method or 'Attribution'}: {target}"
 
 
-def result_section(result: LLMAttributionResult, title: str, anchor: str) -> str:
-    """One result as a ``<section>``: summary, the image section when ``result.inp`` has an
-    image (:func:`.image_report.image_section`), prompt coloured by ``seq_attr``, and the target
-    token × prompt feature heatmap of ``token_attr``."""
+def _quoted(text: Any) -> str:
+    return f"<code>{escape(text)}</code>"
+
+
+def robustness_block(data: Any, noun: str = "feature") -> str:
+    """The answer-robustness block: how many top-ranked features had to be removed before the
+    answer changed (:func:`llmattr.robust.text.answer_robustness`).
+
+    Args:
+        data: an :class:`~llmattr.robust.text.AnswerRobustness` or its ``to_dict()``.
+        noun: what a feature is (``"word"``); pluralized with ``s``.
+    """
+    if hasattr(data, "to_dict"):
+        data = data.to_dict()
+    if not isinstance(data, Mapping) or "n_features" not in data:
+        raise ValueError("robustness must be an AnswerRobustness or its to_dict().")
+    n = None if data.get("n_removed") is None else int(data["n_removed"])
+    total = int(data["n_features"])
+    given = bool(data.get("target_given"))
+    what = "The target" if given else "The answer"
+    many = plural(total, noun)
+    if n is None:
+        k_max = int(data.get("k_max") or total)
+        tried = f"all {many}" if k_max >= total else f"the top {k_max} of {many}"
+        stays = "stays preferred" if given else "never changes"
+        text = f"<p>{what} {stays}, even after removing {tried}."
+    elif n == 0:
+        text = "<p>The model does not prefer the target even with nothing removed."
+    else:
+        words = " ".join(_quoted(w) for w in data.get("removed_words", []))
+        share = f" ({100 * n / total:.0f}%)" if total else ""
+        change = "is no longer preferred" if given else "changes"
+        text = (
+            f"<p>{what} {change} after removing <b>{n}</b> of {many}{share}, the most "
+            f"important first: {words}."
+        )
+    answer = f"{'target' if given else 'answer'}: {_quoted(data.get('answer', ''))}"
+    if data.get("new_answer") is not None:
+        answer += f" → after the removal the model says {_quoted(data['new_answer'])}"
+    mode = escape(data.get("mode", "linear"))
+    return (
+        f'<h3>Answer robustness</h3><div class="robust">{text}</p><p>{answer}</p>'
+        f'<p class="meta">features removed in the order of the attribution ({mode} search)'
+        "</p></div>"
+    )
+
+
+def _noun(result: LLMAttributionResult) -> str:
+    kind = (result.info or {}).get("features")
+    return {"tokens": "token", "words": "word", "sentences": "sentence"}.get(str(kind), "feature")
+
+
+def result_section(
+    result: LLMAttributionResult, title: str, anchor: str, robustness: Any = None
+) -> str:
+    """One result as a ``<section>``: summary, the answer-robustness block when ``robustness``
+    is given or ``result.info["robustness"]`` holds one (:func:`robustness_block`), the image
+    section when ``result.inp`` has an image (:func:`.image_report.image_section`), prompt
+    coloured by ``seq_attr``, and the target token × prompt feature heatmap of
+    ``token_attr``."""
     names = display_tokens(result.input_tokens)
     targets = display_tokens(result.output_tokens)
     seq = floats(result.seq_attr)
@@ -225,12 +283,19 @@ def result_section(result: LLMAttributionResult, title: str, anchor: str) -> str
         f"{plural(len(names), 'prompt feature')} · {plural(len(targets), 'target token')} · "
         f"sum of attributions {total_text(seq)}</p>",
     ]
-    if result.info:
+    info = dict(result.info or {})
+    if robustness is None:
+        robustness = info.get("robustness")
+    if robustness is not None:
+        info.pop("robustness", None)  # shown as its own block
+    if info:
         items = "".join(
             f"<dt>{escape(k)}</dt><dd>{escape(json.dumps(v, ensure_ascii=False, default=str))}</dd>"
-            for k, v in result.info.items()
+            for k, v in info.items()
         )
         parts.append(f'<dl class="info">{items}</dl>')
+    if robustness is not None:
+        parts.append(robustness_block(robustness, _noun(result)))
     image = has_image(result)
     if image:
         parts.append(image_section(result))
@@ -272,6 +337,7 @@ def html_report(
     results: LLMAttributionResult | Sequence[LLMAttributionResult],
     path: str | Path | None = None,
     titles: Sequence[str] | None = None,
+    robustness: Any = None,
 ) -> str:
     """One self-contained HTML page showing one or several LLM attribution results.
 
@@ -284,6 +350,9 @@ def html_report(
         results: an :class:`~llmattr.LLMAttributionResult` or a sequence of them.
         path: if given, the page is also written there (UTF-8).
         titles: one heading per result (default: ``"<method>: <target text>"``).
+        robustness: an answer-robustness block per result
+            (:class:`~llmattr.robust.text.AnswerRobustness`, its ``to_dict()``, or None), or
+            one for a single result; default: each result's ``info["robustness"]``, if any.
 
     Returns:
         The HTML document.
@@ -300,7 +369,18 @@ def html_report(
         heads = [str(t) for t in titles]
         if len(heads) != len(items):
             raise ValueError(f"Got {len(heads)} titles for {len(items)} results.")
-    sections = [result_section(r, h, f"llmattr-r{i}") for i, (r, h) in enumerate(zip(items, heads))]
+    if robustness is None or hasattr(robustness, "to_dict") or isinstance(robustness, Mapping):
+        blocks = [robustness] + [None] * (len(items) - 1)
+        if robustness is not None and len(items) != 1:
+            raise ValueError("Give one robustness per result (a list) for several results.")
+    else:
+        blocks = list(robustness)
+        if len(blocks) != len(items):
+            raise ValueError(f"Got {len(blocks)} robustness blocks for {len(items)} results.")
+    sections = [
+        result_section(r, h, f"llmattr-r{i}", b)
+        for i, (r, h, b) in enumerate(zip(items, heads, blocks))
+    ]
     if len(items) == 1:
         doc = page(heads[0], sections[0])
     else:
