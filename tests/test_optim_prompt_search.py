@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import itertools
 import os
+import random
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -16,9 +17,13 @@ pytest.importorskip("transformers")
 
 from llmattr._core.errors import InputError
 from llmattr.demo import load_demo_model
+from llmattr.demo.tasks import TASKS, make_example
+from llmattr.optim.directions import Direction
 from llmattr.optim.layers import ModuleOutputsHook, resolve_target
+from llmattr.optim.loss import ChannelActivation, LayerActivation, NeuronActivation
 from llmattr.optim.prompt_search import (
     _gradient,
+    _Objective,
     exhaustive_max,
     search_prompt,
 )
@@ -57,14 +62,22 @@ def table(demo):
     return grid, _acts(model, LAYER, grid)
 
 
-def test_search_reaches_95_percent_of_exhaustive_max_for_8_of_10_neurons(demo, table):
+NEURONS = torch.randperm(128, generator=torch.Generator().manual_seed(0))[:10].tolist()
+
+
+@pytest.fixture(scope="module")
+def searched(demo):
+    """search_prompt's result for each of the 10 random MLP neurons (default settings, seed 0)."""
+    model, _ = demo
+    return {n: search_prompt(model, LAYER, n, seed=0) for n in NEURONS}
+
+
+def test_search_reaches_95_percent_of_exhaustive_max_for_8_of_10_neurons(demo, table, searched):
     model, _ = demo
     grid, acts = table
-    neurons = torch.randperm(128, generator=torch.Generator().manual_seed(0))[:10].tolist()
     reached = 0
-    for n in neurons:
+    for n, res in searched.items():
         best = acts[:, n].max().item()
-        res = search_prompt(model, LAYER, n, seed=0)
         # the reported value is exact: it is the brute-force activation of the returned prompt
         row = ((grid == torch.tensor(res.ids)).all(dim=1)).nonzero().item()
         assert res.value == pytest.approx(acts[row, n].item(), abs=1e-5)
@@ -72,6 +85,28 @@ def test_search_reaches_95_percent_of_exhaustive_max_for_8_of_10_neurons(demo, t
         reached += res.value >= 0.95 * best
     assert reached >= 8, reached
     assert _hooks(model) == 0
+
+
+def _corpus_windows(tok, n: int = 1000) -> torch.Tensor:
+    """``n`` distinct 3-token windows (N, 3) of demo-task prompts (seeded, no BOS)."""
+    rng, seen = random.Random(0), {}
+    for i in itertools.count():
+        if len(seen) == n:
+            break
+        example = make_example(TASKS[i % len(TASKS)], rng)
+        ids = tok(example.prompt, add_special_tokens=False)["input_ids"]
+        start = rng.randrange(len(ids) - 2)
+        seen.setdefault(tuple(ids[start : start + 3]), None)
+    return torch.tensor(list(seen))
+
+
+def test_search_beats_the_best_of_1000_corpus_windows(demo, searched):
+    model, tok = demo
+    windows = _corpus_windows(tok)
+    assert windows.shape == (1000, 3)
+    corpus = _acts(model, LAYER, windows)  # scored exactly like the search: no prefix, last token
+    beaten = sum(searched[n].value >= corpus[:, n].max().item() for n in NEURONS)
+    assert beaten >= 8, beaten
 
 
 def test_exhaustive_max_matches_the_brute_force_table(demo, table):
@@ -150,7 +185,7 @@ def test_one_hot_gradient_flows_and_predicts_a_swap(demo):
     model, _ = demo
     module = resolve_target(model, LAYER)
     ids, prefix = torch.tensor([7, 12, 30]), torch.tensor([[2]])
-    grad = _gradient(model, module, 13, ids, prefix, -1, 0.0)
+    grad = _gradient(model, _Objective(model, LAYER, 13), ids, prefix, -1, 0.0)
     assert grad.shape == (3, 48)
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0
     # the gradient at the current token equals the embedding gradient dotted with its embedding
@@ -170,8 +205,7 @@ def test_float64_model(demo):
     assert torch.isfinite(torch.tensor(res.value))
     grad = _gradient(
         model,
-        resolve_target(model, LAYER),
-        13,
+        _Objective(model, LAYER, 13),
         torch.tensor(res.ids),
         torch.zeros(1, 0, dtype=torch.long),
         -1,
@@ -203,4 +237,82 @@ def test_errors_are_clear_and_leave_no_hooks(demo, kwargs, match):
     else:
         with pytest.raises(InputError, match=match):
             search_prompt(model, **args)
+    assert _hooks(model) == 0
+
+
+def test_a_loss_equal_to_the_neuron_gives_the_int_result(demo):
+    model, _ = demo
+    a = search_prompt(model, LAYER, 31, steps=20, seed=1)
+    for loss in (NeuronActivation(LAYER, 31), ChannelActivation(LAYER, 31)):
+        b = search_prompt(model, None, loss, steps=20, seed=1)
+        assert (b.ids, b.history) == (a.ids, a.history)
+        assert b.value == pytest.approx(a.value, abs=1e-6)
+    vec = torch.randn(128, generator=torch.Generator().manual_seed(4))
+    c = search_prompt(model, LAYER, vec, steps=10, seed=2)
+    d = search_prompt(model, LAYER, Direction(LAYER, vec), steps=10, seed=2)
+    assert c.ids == d.ids and d.value == pytest.approx(c.value, abs=1e-5)
+    assert exhaustive_max(model, LAYER, NeuronActivation(LAYER, 94), allowed_ids=range(16)) == (
+        exhaustive_max(model, LAYER, 94, allowed_ids=range(16))
+    )
+
+
+def test_a_composed_loss_is_maximized_exactly(demo, table):
+    model, _ = demo
+    grid, acts = table
+    loss = NeuronActivation(LAYER, 3) - 0.5 * NeuronActivation(LAYER, 7)
+    target = acts[:, 3] - 0.5 * acts[:, 7]  # the objective of each prompt, from the table
+    allowed = list(range(0, 48, 4))  # 12**3 prompts; batch 7 splits them unevenly
+    value, ids = exhaustive_max(model, None, loss, allowed_ids=allowed, batch_size=7)
+    sub = torch.isin(grid, torch.tensor(allowed)).all(dim=1)
+    assert value == pytest.approx(target[sub].max().item(), abs=1e-5)
+    assert ids == grid[sub][target[sub].argmax()].tolist()
+    res = search_prompt(model, None, loss, steps=60, seed=0)
+    row = ((grid == torch.tensor(res.ids)).all(dim=1)).nonzero().item()
+    assert res.value == pytest.approx(target[row].item(), abs=1e-5) == res.activation
+    assert res.value >= 0.95 * target.max().item()
+    assert _hooks(model) == 0
+
+
+def test_layer_activation_two_layers_and_a_position(demo):
+    model, _ = demo
+    other = "model.layers.0.mlp.act_fn"
+    loss = LayerActivation(LAYER) + 2 * NeuronActivation(other, 5)
+    res = search_prompt(model, LAYER, loss, steps=10, seed=3, prefix_ids=[2], position=-2)
+    m1, m0 = resolve_target(model, LAYER), resolve_target(model, other)
+    with torch.no_grad(), ModuleOutputsHook([m1, m0]) as hook:
+        model(input_ids=torch.tensor([[2, *res.ids]]))
+        out = hook.consume_outputs()
+    expected = out[m1][0, -2].mean() + 2 * out[m0][0, -2, 5]
+    assert res.value == pytest.approx(expected.item(), abs=1e-5)
+
+
+def test_a_loss_that_cannot_be_vmapped_is_scored_one_by_one(demo):
+    model, _ = demo
+    base = NeuronActivation(LAYER, 3) - 0.5 * NeuronActivation(LAYER, 7)
+
+    class Itemized(NeuronActivation):  # .item() breaks torch.func.vmap
+        def __call__(self, acts):
+            return base(acts) + 0.0 * float(acts[LAYER].sum().item())
+
+    allowed = [4, 9, 21, 33]
+    assert exhaustive_max(model, None, Itemized(LAYER, 0), allowed_ids=allowed) == pytest.approx(
+        exhaustive_max(model, None, base, allowed_ids=allowed), abs=1e-6
+    )
+
+
+@pytest.mark.parametrize(
+    "layer, loss, match",
+    [
+        (None, NeuronActivation(LAYER, 200), "out of range; layer .* has 128 channels"),
+        (None, NeuronActivation("model.nope", 1), "not a layer"),
+        ("model.layers.0.mlp.act_fn", NeuronActivation(LAYER, 1), "not a target of the loss"),
+        (None, NeuronActivation("model.layers.1.mlp.up_proj.weight", 1), "not a layer"),
+        (None, NeuronActivation("model.rotary_emb", 1), "does not depend on the prompt"),
+        (None, 3, "layer is required"),
+    ],
+)
+def test_loss_errors_are_clear_and_leave_no_hooks(demo, layer, loss, match):
+    model, _ = demo
+    with pytest.raises(InputError, match=match):
+        search_prompt(model, layer, loss, steps=2)
     assert _hooks(model) == 0

@@ -1,13 +1,14 @@
-"""Optim: feature visualization by input optimization (optim-wip's API), in progress.
+"""Optim: feature visualization by input optimization, with the API of Captum's ``optim-wip``.
 
-What is here (issue 13, first part): image parameterizations (:class:`PixelImage`,
-:class:`FFTImage`, :class:`LaplacianImage`, :class:`SharedImage`, :class:`StackImage`,
-:class:`NaturalImage`) and :class:`ToRGB`; transforms for transformation robustness; composable
-losses and :class:`InputOptimization`; :func:`render_channels` (every channel of a layer in one
-batched run) and PNG grids; :class:`RedirectedReLU` / :func:`replace_layers`,
-:class:`ChannelReducer`, atlas and circuit helpers; :func:`max_activating_examples` for language
-models and :func:`search_prompt` (GCG-style discrete prompt search, graded against
-:func:`exhaustive_max`). Not yet: soft prompts and the notebook.
+Image parameterizations (:class:`PixelImage`, :class:`FFTImage`, :class:`LaplacianImage`,
+:class:`SharedImage`, :class:`StackImage`, :class:`NaturalImage`) and :class:`ToRGB`; transforms
+for transformation robustness; composable losses and :class:`InputOptimization`;
+:func:`render_channels` (every channel of a layer in one batched run) and PNG grids;
+:class:`RedirectedReLU` / :func:`replace_layers`, :class:`ChannelReducer`, atlas and circuit
+helpers; input targets (``"<name>:input"``, :func:`layer_input`). For language models:
+:func:`max_activating_examples`, :func:`search_prompt` (GCG-style discrete prompt search over a
+neuron, a direction or any loss, graded against :func:`exhaustive_max`) and
+:func:`optimize_soft_prompt` (an embedding-space upper bound, projected to tokens).
 """
 
 from .atlas import (
@@ -96,6 +97,7 @@ from .reducer import (
     posneg,
 )
 from .render import image_grid, render_channels, save_grid, save_png
+from .soft_prompt import SoftPromptResult, nearest_tokens, optimize_soft_prompt
 from .text_examples import ActivatingExample, MaxActivatingExamples, max_activating_examples
 from .transforms import (
     CenterCrop,
@@ -155,6 +157,7 @@ __all__ = [
     "ScaleInputRange",
     "SharedImage",
     "SkipLayer",
+    "SoftPromptResult",
     "StackImage",
     "SymmetricPadding",
     "TensorDirection",
@@ -178,7 +181,9 @@ __all__ = [
     "max2avg_pool2d",
     "max_activating_examples",
     "n_steps",
+    "nearest_tokens",
     "normalize_grid",
+    "optimize_soft_prompt",
     "posneg",
     "render_channels",
     "replace_layers",

@@ -1,12 +1,20 @@
 """Discrete prompt search on a language model (GCG / AutoPrompt style).
 
-:func:`search_prompt` looks for the ``length``-token prompt that maximizes one neuron (or the dot
-product with a direction) of a layer of a causal LM, read at one position of the prompt. Each step
-takes the gradient of the objective with respect to the prompt's one-hot tokens, keeps the
+:func:`search_prompt` looks for the ``length``-token prompt that maximizes an objective read at one
+position of the prompt: a neuron (an int), the dot product with a direction (a 1-D tensor), or any
+loss of :mod:`llmattr.optim.loss` / :mod:`llmattr.optim.directions`, compositions included. Each
+step takes the gradient of the objective with respect to the prompt's one-hot tokens, keeps the
 ``top_k`` most promising swaps per position, scores a batch of single-swap candidates **exactly**
 by forward passes and keeps the best; when no candidate improves for ``patience`` steps it
 restarts from a fresh random prompt (the best prompt over all restarts is returned).
 :func:`exhaustive_max` scores every prompt of a small vocabulary by brute force, for grading.
+
+How a loss reads a text layer: the layer's output ``(N, T, D)`` is taken at ``position`` and
+handed to the loss as an image-shaped ``(N, D, 1, 1)`` activation, so channel ``d`` is unit ``d``
+of that token (``NeuronActivation(layer, d)`` and ``ChannelActivation(layer, d)`` equal the int
+``d``; ``Direction(layer, v)`` equals the tensor ``v``; ``LayerActivation`` is the mean over the
+``D`` units). Each prompt is scored as a batch of one (the loss's mean on it), so compositions of
+losses, which average each side over the batch, never mix prompts.
 """
 
 from __future__ import annotations
@@ -20,8 +28,11 @@ from torch import Tensor, nn
 
 from .._core.errors import InputError
 from .layers import ModuleOutputsHook, Target, resolve_target
+from .loss import Loss, _flat_targets
 
 __all__ = ["PromptSearchResult", "exhaustive_max", "search_prompt"]
+
+Objective = int | Tensor | Loss
 
 
 @dataclass
@@ -32,7 +43,7 @@ class PromptSearchResult:
         ids: the prompt's token ids, ``length`` of them (the fixed prefix is not included).
         text: ``tokenizer.decode(ids)`` when a tokenizer was given, else None.
         value: the exact objective of ``ids`` (activation minus ``fluency`` times cross-entropy).
-        activation: the exact activation (neuron value or dot with the direction).
+        activation: the exact activation (neuron value, dot with the direction, or the loss).
         history: the best value so far after each step (one float per step).
         restarts: how many times the search restarted from a random prompt.
     """
@@ -50,26 +61,10 @@ def _embedding(model: nn.Module) -> nn.Embedding:
     emb = get() if callable(get) else None
     if not isinstance(emb, nn.Embedding):
         raise InputError(
-            "search_prompt needs a language model with get_input_embeddings() returning an "
-            f"nn.Embedding (a transformers model); {type(model).__name__} has none."
+            "prompt optimization needs a language model with get_input_embeddings() returning "
+            f"an nn.Embedding (a transformers model); {type(model).__name__} has none."
         )
     return emb
-
-
-def _check_unit(
-    model: nn.Module, neuron_or_direction: int | Tensor, length: int, allowed: Tensor
-) -> None:
-    if isinstance(neuron_or_direction, bool) or not isinstance(neuron_or_direction, int | Tensor):
-        raise InputError(
-            "neuron_or_direction must be an int (a unit of the layer's last dimension) or a 1-D "
-            f"direction tensor, got {type(neuron_or_direction).__name__}."
-        )
-    if isinstance(neuron_or_direction, Tensor) and neuron_or_direction.dim() != 1:
-        raise InputError(f"A direction must be 1-D, got shape {tuple(neuron_or_direction.shape)}.")
-    if not isinstance(length, int) or length < 1:
-        raise InputError(f"length must be a positive int, got {length!r}.")
-    if allowed.numel() == 0:
-        raise InputError("allowed_ids is empty: no token can be placed in the prompt.")
 
 
 def _allowed(model: nn.Module, allowed_ids: Sequence[int] | Tensor | None) -> Tensor:
@@ -77,28 +72,103 @@ def _allowed(model: nn.Module, allowed_ids: Sequence[int] | Tensor | None) -> Te
     if allowed_ids is None:
         return torch.arange(vocab)
     ids = torch.as_tensor(allowed_ids, dtype=torch.long).flatten().unique()
-    if ids.numel() and (ids.min() < 0 or ids.max() >= vocab):
+    if ids.numel() == 0:
+        raise InputError("allowed_ids is empty: no token can be placed in the prompt.")
+    if ids.min() < 0 or ids.max() >= vocab:
         raise InputError(f"allowed_ids must lie in [0, {vocab}); got {ids.tolist()}.")
     return ids
 
 
-def _read(act: Tensor, unit: int | Tensor, position: int) -> Tensor:
-    """``(B, T, H)`` activation -> ``(B,)`` value of the unit at ``position``."""
+def _check_setup(length: int, n_prefix: int, position: int, **positive: Any) -> None:
+    """Checks ``length`` and the named positive ints, and that ``position`` is a token."""
+    for name, v in {"length": length, **positive}.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise InputError(f"{name} must be a positive int, got {v!r}.")
+    if not -(n_prefix + length) <= position < n_prefix + length:
+        raise InputError(f"position {position} is outside the {n_prefix + length} tokens.")
+
+
+def _token_row(act: Tensor, position: int) -> Tensor:
+    """``(B, T, D)`` activation -> ``(B, D)``, the features of token ``position``."""
     if act.dim() != 3:
         raise InputError(
-            f"The layer's activation has shape {tuple(act.shape)}; prompt search needs "
+            f"The layer's activation has shape {tuple(act.shape)}; prompt optimization needs "
             "(batch, tokens, features)."
         )
-    row = act[:, position, :]
-    if isinstance(unit, Tensor):
-        if unit.numel() != row.shape[-1]:
+    return act[:, position, :]
+
+
+def _per_example(loss: Loss, values: dict[Any, Tensor]) -> Tensor:
+    """``loss`` on each example as a batch of one, reduced by its mean: ``(B,)``.
+
+    ``values`` maps targets to ``(B, D, 1, 1)``. The first example is scored by a plain call (a
+    bad loss raises its own clear error there); the batch is vectorized with ``torch.func.vmap``,
+    or looped over when the loss cannot be vmapped.
+    """
+    first = loss({k: v[:1] for k, v in values.items()}).mean().reshape(1)
+    batch = next(iter(values.values())).shape[0]
+    if batch == 1:
+        return first
+    try:
+        stacked = {k: v.unsqueeze(1) for k, v in values.items()}
+        return torch.func.vmap(lambda d: loss(d).mean())(stacked)
+    except InputError:
+        raise
+    except Exception:  # data-dependent Python in a custom loss: score one by one
+        return torch.stack(
+            [loss({k: v[i : i + 1] for k, v in values.items()}).mean() for i in range(batch)]
+        )
+
+
+class _Objective:
+    """What the search maximizes: the modules to hook and ``(outputs, position) -> (B,)``."""
+
+    def __init__(self, model: nn.Module, layer: Target | None, objective: Objective) -> None:
+        self.objective = objective
+        if isinstance(objective, Loss):
+            self.names = _flat_targets(objective.target)
+            self.modules = [resolve_target(model, t) for t in self.names]
+            if layer is not None and not any(
+                resolve_target(model, layer) is m for m in self.modules
+            ):
+                raise InputError(
+                    f"layer {layer!r} is not a target of the loss {objective!r}; pass layer=None "
+                    "(the loss names its layers) or one of its targets."
+                )
+            return
+        if layer is None:
+            raise InputError("layer is required when the objective is a neuron or direction.")
+        self.modules = [resolve_target(model, layer)]
+        if isinstance(objective, bool) or not isinstance(objective, int | Tensor):
             raise InputError(
-                f"The direction has {unit.numel()} entries; the layer has {row.shape[-1]} features."
+                "The objective must be an int (a unit of the layer's last dimension), a 1-D "
+                f"direction tensor or a Loss, got {type(objective).__name__}."
             )
-        return row @ unit.to(row)
-    if not -row.shape[-1] <= unit < row.shape[-1]:
-        raise InputError(f"Neuron {unit} is out of range for a layer of {row.shape[-1]} features.")
-    return row[:, unit]
+        if isinstance(objective, Tensor) and objective.dim() != 1:
+            raise InputError(f"A direction must be 1-D, got shape {tuple(objective.shape)}.")
+
+    def __call__(self, outputs: dict[nn.Module, Tensor], position: int) -> Tensor:
+        unit = self.objective
+        if isinstance(unit, Loss):
+            values: dict[Any, Tensor] = {}
+            for name, module in zip(self.names, self.modules, strict=True):
+                values[name] = values[module] = _token_row(outputs[module], position)[
+                    ..., None, None
+                ]
+            return _per_example(unit, values)
+        row = _token_row(outputs[self.modules[0]], position)
+        if isinstance(unit, Tensor):
+            if unit.numel() != row.shape[-1]:
+                raise InputError(
+                    f"The direction has {unit.numel()} entries; the layer has {row.shape[-1]} "
+                    "features."
+                )
+            return row @ unit.to(row)
+        if not -row.shape[-1] <= unit < row.shape[-1]:
+            raise InputError(
+                f"Neuron {unit} is out of range for a layer of {row.shape[-1]} features."
+            )
+        return row[:, unit]
 
 
 def _cross_entropy(logits: Tensor, ids: Tensor, n_prefix: int) -> Tensor:
@@ -124,8 +194,7 @@ def _logits(out: Any) -> Tensor:
 
 def _score(
     model: nn.Module,
-    module: nn.Module,
-    unit: int | Tensor,
+    objective: _Objective,
     ids: Tensor,
     prefix: Tensor,
     position: int,
@@ -134,11 +203,11 @@ def _score(
 ) -> tuple[Tensor, Tensor]:
     """Exact ``(value, activation)``, each ``(N,)``, of prompts ``ids`` ``(N, L)``."""
     values, acts = [], []
-    with torch.no_grad(), ModuleOutputsHook([module]) as hook:
+    with torch.no_grad(), ModuleOutputsHook(objective.modules) as hook:
         for chunk in ids.split(batch_size):
             full = torch.cat([prefix.expand(chunk.shape[0], -1), chunk], dim=1)
             out = model(input_ids=full)
-            act = _read(hook.consume_outputs()[module], unit, position).float()
+            act = objective(hook.consume_outputs(), position).float()
             val = act
             if fluency:
                 val = act - fluency * _cross_entropy(_logits(out), chunk, prefix.numel())
@@ -149,8 +218,7 @@ def _score(
 
 def _gradient(
     model: nn.Module,
-    module: nn.Module,
-    unit: int | Tensor,
+    objective: _Objective,
     ids: Tensor,
     prefix: Tensor,
     position: int,
@@ -162,19 +230,28 @@ def _gradient(
     onehot.scatter_(1, ids[:, None], 1.0)
     onehot.requires_grad_(True)
     embeds = torch.cat([weight[prefix[0]].detach(), onehot @ weight], dim=0)[None]
-    with ModuleOutputsHook([module]) as hook:
+    with ModuleOutputsHook(objective.modules) as hook:
         out = model(inputs_embeds=embeds)
-        value = _read(hook.consume_outputs()[module], unit, position)
+        value = objective(hook.consume_outputs(), position)
     if fluency:
         value = value - fluency * _cross_entropy(_logits(out), ids[None], prefix.numel())
+    if not value.requires_grad:
+        raise InputError(
+            "The objective does not depend on the prompt (its layer's output has no gradient "
+            "with respect to the input embeddings); choose a layer the tokens flow through."
+        )
     (grad,) = torch.autograd.grad(value.sum(), onehot)
     return grad
 
 
+def _prefix(prefix_ids: Sequence[int] | None, device: torch.device) -> Tensor:
+    return torch.as_tensor(list(prefix_ids or []), dtype=torch.long, device=device).reshape(1, -1)
+
+
 def search_prompt(
     model: nn.Module,
-    layer: Target,
-    neuron_or_direction: int | Tensor,
+    layer: Target | None,
+    neuron_or_direction: Objective,
     length: int = 3,
     position: int = -1,
     steps: int = 150,
@@ -187,12 +264,14 @@ def search_prompt(
     prefix_ids: Sequence[int] | None = None,
     patience: int = 3,
 ) -> PromptSearchResult:
-    """Greedy coordinate gradient search for the prompt that maximizes a neuron or direction.
+    """Greedy coordinate gradient search for the prompt that maximizes an objective.
 
     Args:
         model: a causal LM taking ``input_ids`` and ``inputs_embeds`` (a transformers model).
-        layer: the module, or its dotted name, whose output ``(batch, tokens, features)`` is read.
-        neuron_or_direction: a feature index, or a direction ``(features,)`` to dot with.
+        layer: the module, or its dotted name, whose output ``(batch, tokens, features)`` is read;
+            with a loss objective None (the loss names its layers) or one of the loss's targets.
+        neuron_or_direction: the objective: a feature index, a direction ``(features,)`` to dot
+            with, or a :class:`~llmattr.optim.loss.Loss` (read as in the module docstring).
         length: number of prompt tokens searched.
         position: the token (of prefix + prompt) at which the activation is read; -1 the last.
         steps: search steps (one gradient and ``batch_size`` exact forwards each).
@@ -208,17 +287,13 @@ def search_prompt(
     Returns:
         :class:`PromptSearchResult` with the best prompt over all restarts.
     """
-    module = resolve_target(model, layer)
+    objective = _Objective(model, layer, neuron_or_direction)
     allowed = _allowed(model, allowed_ids)
-    _check_unit(model, neuron_or_direction, length, allowed)
-    for name, v in (("steps", steps), ("top_k", top_k), ("batch_size", batch_size)):
-        if not isinstance(v, int) or v < 1:
-            raise InputError(f"{name} must be a positive int, got {v!r}.")
+    n_prefix = len(list(prefix_ids or []))
+    _check_setup(length, n_prefix, position, steps=steps, top_k=top_k, batch_size=batch_size)
     device = _embedding(model).weight.device
     allowed = allowed.to(device)
-    prefix = torch.as_tensor(list(prefix_ids or []), dtype=torch.long, device=device)[None]
-    if not -(prefix.numel() + length) <= position < prefix.numel() + length:
-        raise InputError(f"position {position} is outside the {prefix.numel() + length} tokens.")
+    prefix = _prefix(prefix_ids, device)
     gen = torch.Generator().manual_seed(seed)
     mask = torch.full((_embedding(model).num_embeddings,), float("-inf"), device=device)
     mask[allowed] = 0.0
@@ -228,9 +303,7 @@ def search_prompt(
         return allowed[torch.randint(allowed.numel(), (length,), generator=gen).to(device)]
 
     def score(ids: Tensor) -> tuple[Tensor, Tensor]:
-        return _score(
-            model, module, neuron_or_direction, ids, prefix, position, fluency, batch_size
-        )
+        return _score(model, objective, ids, prefix, position, fluency, batch_size)
 
     current = random_prompt()
     cur_val = score(current[None])[0][0].item()
@@ -238,7 +311,7 @@ def search_prompt(
     history: list[float] = []
     stale, restarts = 0, 0
     for _ in range(steps):
-        grad = _gradient(model, module, neuron_or_direction, current, prefix, position, fluency)
+        grad = _gradient(model, objective, current, prefix, position, fluency)
         top = (grad + mask).topk(k, dim=1).indices  # (L, k)
         pos = torch.randint(length, (batch_size,), generator=gen).to(device)
         pick = torch.randint(k, (batch_size,), generator=gen).to(device)
@@ -265,34 +338,35 @@ def search_prompt(
 
 def exhaustive_max(
     model: nn.Module,
-    layer: Target,
-    neuron: int | Tensor,
+    layer: Target | None,
+    neuron: Objective,
     length: int = 3,
     batch_size: int = 8192,
     position: int = -1,
     allowed_ids: Sequence[int] | Tensor | None = None,
     prefix_ids: Sequence[int] | None = None,
 ) -> tuple[float, list[int]]:
-    """Brute-force maximum of the activation over all ``len(allowed_ids) ** length`` prompts.
+    """Brute-force maximum of the objective over all ``len(allowed_ids) ** length`` prompts.
 
     Args:
-        model, layer, neuron, length, position, allowed_ids, prefix_ids: as in
-            :func:`search_prompt` (``neuron`` may be a direction).
+        model, layer, length, position, allowed_ids, prefix_ids: as in :func:`search_prompt`.
+        neuron: the objective, as ``neuron_or_direction`` of :func:`search_prompt`.
         batch_size: prompts per forward pass.
 
     Returns:
-        ``(max_value, ids)``: the largest activation and the first prompt (in lexicographic order
-        of ``allowed_ids``) reaching it.
+        ``(max_value, ids)``: the largest value and the first prompt (in lexicographic order of
+        ``allowed_ids``) reaching it.
     """
-    module = resolve_target(model, layer)
+    objective = _Objective(model, layer, neuron)
     allowed = _allowed(model, allowed_ids)
-    _check_unit(model, neuron, length, allowed)
+    _check_setup(length, len(list(prefix_ids or [])), position, batch_size=batch_size)
     if allowed.numel() ** length > 50_000_000:
         raise InputError(f"{allowed.numel()}**{length} prompts are too many to enumerate.")
     device = _embedding(model).weight.device
     allowed = allowed.to(device)
-    prefix = torch.as_tensor(list(prefix_ids or []), dtype=torch.long, device=device)[None]
     grids = torch.cartesian_prod(*([allowed] * length)) if length > 1 else allowed[:, None]
-    vals, _ = _score(model, module, neuron, grids, prefix, position, 0.0, batch_size)
+    vals, _ = _score(
+        model, objective, grids, _prefix(prefix_ids, device), position, 0.0, batch_size
+    )
     i = int(vals.argmax())
     return vals[i].item(), grids[i].tolist()
