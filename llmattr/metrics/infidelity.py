@@ -14,8 +14,8 @@ perturbation's prediction twice as large), so only compare unnormalized values o
 on the same scale.
 
 All ``N * n_perturb_samples`` perturbations are drawn by one ``perturb_func`` call (rows
-example-major, ``repeat_interleave`` order, as Captum's first chunk) and evaluated together
-with the ``N`` unperturbed inputs — one forward by default — or in chunks of
+example-major, ``repeat_interleave`` order, as Captum's first chunk) and evaluated in one
+forward (after one of the ``N`` unperturbed inputs), or together with those inputs in chunks of
 ``max_examples_per_batch`` rows by the core's :func:`~llmattr._core.batching.run_in_chunks`;
 the value does not depend on the chunking.
 """
@@ -174,8 +174,9 @@ def infidelity(
         target: the output to explain (Captum's forms: int, tuple, list, tensor, None).
         n_perturb_samples: perturbations per example (at least 1).
         max_examples_per_batch: most rows per forward (the ``N`` inputs and their
-            ``N * n_perturb_samples`` perturbations); None (default) evaluates them all in one
-            forward, ``"auto"`` halves on out-of-memory. The result does not depend on it.
+            ``N * n_perturb_samples`` perturbations share chunks); None (default) runs two
+            forwards, the inputs then every perturbation (no rows copied); ``"auto"`` halves on
+            out-of-memory. The result does not depend on it.
         normalize: rescale the attributions by the least-squares factor ``beta`` first, so the
             value is invariant to scaling them.
 
@@ -219,8 +220,8 @@ def infidelity(
             )
         perturbations = check_perturbed("perturb_func", out[0], expanded, "perturbations")
         perturbed = check_perturbed("perturb_func", out[1], expanded)
-        # rows [0, N) are the inputs, row N + i * n + k perturbation k of example i: one
-        # forward evaluates them all when max_examples_per_batch is None
+        # rows [0, N) are the inputs, row N + i * n + k perturbation k of example i; chunked,
+        # they share forwards (without chunks: two forwards, the rows never copied)
         examples = torch.cat([torch.arange(batch), torch.arange(batch * n) // n])
 
         def evaluate(start: int, end: int) -> Tensor:
@@ -233,8 +234,12 @@ def infidelity(
             )
             return run_forward(forward_func, part, chunk_target, chunk_args)
 
-        values = torch.cat(run_in_chunks(batch * (n + 1), max_examples_per_batch, evaluate))
-        f_x, f_perturbed = values[:batch], values[batch:]
+        if max_examples_per_batch is None:  # no copy of the rows: the inputs, then the rest
+            f_x = evaluate(0, batch)
+            f_perturbed = _forward_rows(forward_func, call, perturbed, examples, batch)
+        else:
+            values = torch.cat(run_in_chunks(batch * (n + 1), max_examples_per_batch, evaluate))
+            f_x, f_perturbed = values[:batch], values[batch:]
         # (N, n): the attributions' prediction of each perturbation's effect, and the effect
         predicted = sum(
             (p.reshape(batch, n, -1) * a.reshape(batch, 1, -1).to(p.device)).sum(-1)
@@ -247,3 +252,15 @@ def infidelity(
             beta = _safe_div((predicted * effect).sum(1), predicted.pow(2).sum(1))
             predicted = beta.unsqueeze(1) * predicted
         return (predicted - effect).pow(2).mean(1)
+
+
+def _forward_rows(
+    forward_func: Callable[..., Tensor],
+    call: Call,
+    perturbed: tuple[Tensor, ...],
+    examples: Tensor,
+    batch: int,
+) -> Tensor:
+    """The forward of every perturbed row at once (rows ``batch:`` of ``examples``)."""
+    rows_target, rows_args = call.for_rows(examples[batch:])
+    return run_forward(forward_func, perturbed, rows_target, rows_args)
