@@ -7,7 +7,12 @@ held-out accuracy >= 0.9 first), then prints:
   1,400 training images vs the best of ``--restarts`` batched renders (``render_channels``,
   ``NaturalImage``, greyscale), plain and with ``RedirectedReLU`` (``replace_layers``);
 * per class: the softmax probability of the class-logit render (target ``fc``);
-* timings of training and rendering, with 1 thread and with torch's default thread count.
+* timings of training and rendering, with 1 thread and with torch's default thread count;
+* language model (``--lm``, the shipped demo model, vocabulary 48): for 10 random MLP neurons of
+  ``model.layers.1.mlp.act_fn``, the exhaustive maximum over all 48³ three-token prompts, the
+  best of 1,000 three-token windows of the demo corpus, :func:`search_prompt` (seed 0) and
+  :func:`optimize_soft_prompt` (its soft value, an upper bound, and its projection to tokens),
+  with their times.
 """
 
 from __future__ import annotations
@@ -36,7 +41,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=256, help="optimizer steps per render")
     parser.add_argument("--restarts", type=int, default=3, help="starts per channel")
+    parser.add_argument("--lm", action="store_true", help="only the language-model part")
     args = parser.parse_args()
+    if args.lm:
+        language_model()
+        return
     default_threads = torch.get_num_threads()
 
     torch.set_num_threads(1)
@@ -96,6 +105,61 @@ def main() -> None:
     print(f"{'render':>10} {'threads':>7} {'seconds':>8}")
     for (what, threads), seconds in timings.items():
         print(f"{what:>10} {threads:>7} {seconds:>8.2f}")
+
+
+def language_model() -> None:
+    """Prompt search and soft prompts on the demo model, graded by brute force (one thread)."""
+    import itertools
+    import random
+
+    from llmattr.demo import load_demo_model
+    from llmattr.demo.tasks import TASKS, make_example
+    from llmattr.optim import ModuleOutputsHook, optimize_soft_prompt, search_prompt
+    from llmattr.optim.layers import resolve_target
+
+    torch.set_num_threads(1)
+    model, tok = load_demo_model()
+    layer = "model.layers.1.mlp.act_fn"
+    module = resolve_target(model, layer)
+
+    def last_token_acts(ids: torch.Tensor) -> torch.Tensor:
+        out = []
+        with torch.no_grad(), ModuleOutputsHook([module]) as hook:
+            for chunk in ids.split(16384):
+                model(input_ids=chunk)
+                out.append(hook.consume_outputs()[module][:, -1, :])
+        return torch.cat(out)
+
+    v = torch.arange(model.config.vocab_size)
+    table, t_exhaustive = _timed(lambda: last_token_acts(torch.cartesian_prod(v, v, v)))
+    rng, seen = random.Random(0), {}  # 1,000 distinct windows, as the tests draw them
+    for i in itertools.count():
+        if len(seen) == 1000:
+            break
+        ids = tok(make_example(TASKS[i % len(TASKS)], rng).prompt, add_special_tokens=False)
+        start = rng.randrange(len(ids["input_ids"]) - 2)
+        seen.setdefault(tuple(ids["input_ids"][start : start + 3]), None)
+    corpus = last_token_acts(torch.tensor(list(seen)))
+    neurons = torch.randperm(128, generator=torch.Generator().manual_seed(0))[:10].tolist()
+    print(f"demo model, {layer}: 48^3 prompts scored by brute force in {t_exhaustive:.1f} s")
+    print(f"{'neuron':>6} {'exhaustive':>10} {'corpus':>7} {'search':>7} {'ratio':>6} "
+          f"{'s':>5} {'soft':>6} {'projected':>9} {'s':>5}")  # fmt: skip
+    n95 = n_corpus = n_soft = 0
+    for n in neurons:
+        best = float(table[:, n].max())
+        found, t_search = _timed(lambda n=n: search_prompt(model, layer, n, seed=0))
+        soft, t_soft = _timed(lambda n=n: optimize_soft_prompt(model, layer, n, length=3))
+        ratio = found.value / best
+        n95 += ratio >= 0.95
+        n_corpus += found.value >= float(corpus[:, n].max())
+        n_soft += soft.soft_value >= best
+        print(f"{n:>6} {best:>10.3f} {float(corpus[:, n].max()):>7.3f} {found.value:>7.3f} "
+              f"{ratio:>6.1%} {t_search:>5.1f} {soft.soft_value:>6.2f} {soft.value:>9.3f} "
+              f"{t_soft:>5.1f}")  # fmt: skip
+    print(
+        f"search >= 95% of the exhaustive max: {n95}/10; beats the best of 1,000 corpus "
+        f"windows: {n_corpus}/10; soft value >= exhaustive max: {n_soft}/10"
+    )
 
 
 if __name__ == "__main__":
