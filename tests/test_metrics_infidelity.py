@@ -265,3 +265,18 @@ def test_captum_parity_chunked_deterministic_perturbation():
         ours = infidelity(model, fixed, x, attr, **kw)
         theirs = captum_metrics.infidelity(model, fixed, x, attr, **kw)
         assert torch.allclose(ours, theirs, rtol=1e-10, atol=1e-15)
+
+
+def test_one_input_in_a_tuple_reaches_perturb_func_bare_as_in_captum():
+    model = Linear(3).double()
+    x = (torch.randn(4, 3, dtype=torch.float64),)
+    attr = (torch.randn(4, 3, dtype=torch.float64),)
+
+    def perturb(inp):
+        assert isinstance(inp, torch.Tensor)
+        noise = 0.1 * torch.cos(torch.arange(inp.numel(), dtype=inp.dtype)).reshape(inp.shape)
+        return noise, inp - noise
+
+    ours = infidelity(model, perturb, x, attr, n_perturb_samples=3)
+    theirs = captum_metrics.infidelity(model, perturb, x, attr, n_perturb_samples=3)
+    assert torch.allclose(ours, theirs, rtol=1e-12, atol=0)

@@ -33,13 +33,19 @@ def test_default_perturb_func_range_dtype_and_form():
     assert (a - x).abs().max() <= 0.02 and b.shape == (50, 3)
 
 
+def _bare(z):
+    """The one input: Captum's contract passes the inputs as a tuple and perturbed rows in the
+    form ``perturb_func`` returned them (a bare tensor here)."""
+    return z[0] if isinstance(z, tuple) else z
+
+
 def test_constant_explanation_has_zero_sensitivity():
     model = Linear(5).double()
     x = torch.randn(4, 5, dtype=torch.float64)
     sal = Saliency(model)  # the gradient of a linear model is its weights, everywhere
     value = sensitivity_max(sal.attribute, x, perturb_radius=0.5, abs=False)
     assert value.shape == (4,) and torch.equal(value, torch.zeros(4, dtype=torch.float64))
-    zero = sensitivity_max(lambda z: torch.zeros_like(z), x)  # a zero explanation: 0 / 1
+    zero = sensitivity_max(lambda z: torch.zeros_like(_bare(z)), x)  # a zero explanation: 0 / 1
     assert torch.equal(zero, torch.zeros(4, dtype=torch.float64))
 
 
@@ -53,7 +59,9 @@ def test_matches_brute_force_and_closed_form():
         return inputs + shifts.repeat(inputs.shape[0] // n).unsqueeze(1)
 
     for ord_ in ("fro", 1, float("inf")):
-        value = sensitivity_max(lambda z: z * z, x, perturb, n_perturb_samples=n, norm_ord=ord_)
+        value = sensitivity_max(
+            lambda z: _bare(z) ** 2, x, perturb, n_perturb_samples=n, norm_ord=ord_
+        )
         p = 2 if ord_ == "fro" else ord_
         expected = torch.stack([
             max(
@@ -181,3 +189,29 @@ def test_captum_parity_default_perturbation_float32():
     with pytest.warns(UserWarning):  # Captum: "Input Tensor 0 did not already require gradients"
         theirs = captum_metrics.sensitivity_max(sal_c.attribute, x, target=2)
     assert torch.allclose(ours, theirs, rtol=1e-5, atol=1e-7)
+
+
+def test_explanation_gets_captums_forms():
+    """A 1-tuple for the inputs; perturbed rows as perturb_func returned them; a bare tensor to
+    perturb_func for one input — what Captum does, checked against Captum itself."""
+    import captum.metrics as captum_metrics
+
+    w = torch.randn(3, 3, dtype=torch.float64)
+    x = torch.randn(3, 3, dtype=torch.float64)  # batch == features: a wrong form would not fail
+    seen = []
+
+    def expl(inputs):
+        seen.append(type(inputs).__name__)
+        return tuple(torch.tanh(i @ w) for i in inputs)
+
+    def perturb(inp, radius):
+        assert isinstance(inp, torch.Tensor)
+        return (inp + radius * torch.sin(torch.arange(inp.numel(), dtype=inp.dtype)).reshape(
+            inp.shape),)  # fmt: skip
+
+    ours = sensitivity_max(expl, x, perturb, n_perturb_samples=1)
+    theirs = captum_metrics.sensitivity_max(expl, x, perturb, n_perturb_samples=1)
+    assert seen == ["tuple", "tuple", "tuple", "tuple"]
+    assert torch.allclose(ours, theirs, rtol=1e-12, atol=0)
+    with pytest.raises(InputError, match="norm_ord"):
+        sensitivity_max(expl, x, perturb, norm_ord="nuc")

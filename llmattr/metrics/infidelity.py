@@ -206,7 +206,7 @@ def infidelity(
     check_chunk_size(max_examples_per_batch, "max_examples_per_batch")
     batch = call.batch
     expanded = expand_inputs(call.inputs, n)
-    passed = expanded if call.was_tuple else expanded[0]
+    passed = expanded[0] if len(expanded) == 1 else expanded  # Captum's form: one input, bare
     with torch.no_grad():
         if baselines is None:
             out = perturb_func(passed)

@@ -139,7 +139,7 @@ def sensitivity_max(
             ``n_perturb_samples < 1``, a bad ``max_examples_per_batch``, or a ``perturb_func``
             whose output does not match the inputs.
     """
-    tensors, was_tuple = format_inputs(inputs)
+    tensors, _ = format_inputs(inputs)
     n = check_samples(n_perturb_samples)
     if isinstance(perturb_radius, bool) or not isinstance(perturb_radius, numbers.Real):
         raise InputTypeError(
@@ -149,8 +149,11 @@ def sensitivity_max(
         raise InputError(f"perturb_radius must be at least 0, got {perturb_radius}.")
     check_chunk_size(max_examples_per_batch, "max_examples_per_batch")
     batch = tensors[0].shape[0]
+    _check_norm(norm_ord)
     expanded = expand_inputs(tensors, n)
-    passed = restore_form(expanded, was_tuple)
+    # Captum's forms: perturb_func gets one input bare; explanation_func gets the inputs as a
+    # tuple, and perturbed rows in the form perturb_func returned them
+    passed = expanded[0] if len(expanded) == 1 else expanded
     with torch.no_grad():
         out = (
             perturb_func(passed, perturb_radius)
@@ -158,15 +161,15 @@ def sensitivity_max(
             else perturb_func(passed)
         )
         perturbed = check_perturbed("perturb_func", out, expanded)
-        original = _flat(explanation_func(restore_form(tensors, was_tuple), **kwargs), batch,
-                         "the inputs")  # fmt: skip
+        as_returned = not isinstance(out, Tensor)
+        original = _flat(explanation_func(tensors, **kwargs), batch, "the inputs")
         norms = torch.norm(original, p=norm_ord, dim=1)
         norms = torch.where(norms == 0, torch.ones_like(norms), norms)
         rows = torch.arange(batch * n) // n
 
         def evaluate(start: int, end: int) -> Tensor:
             examples = rows[start:end]
-            part = restore_form([p[start:end] for p in perturbed], was_tuple)
+            part = restore_form([p[start:end] for p in perturbed], as_returned)
             expl = explanation_func(part, **_kwargs_for_rows(kwargs, batch, examples))
             flat = _flat(expl, end - start, "the perturbed inputs")
             if flat.shape[1] != original.shape[1]:
@@ -180,3 +183,13 @@ def sensitivity_max(
 
         values = torch.cat(run_in_chunks(batch * n, max_examples_per_batch, evaluate))
         return values.reshape(batch, n).max(1).values
+
+
+def _check_norm(norm_ord: Any) -> None:
+    """InputError for a ``norm_ord`` torch cannot take as a vector norm's order."""
+    if norm_ord == "fro":
+        return
+    if isinstance(norm_ord, bool) or not isinstance(norm_ord, numbers.Real):
+        raise InputError(
+            f"norm_ord must be 'fro' or a number (the p of the p-norm), got {norm_ord!r}."
+        )

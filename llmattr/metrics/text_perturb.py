@@ -361,7 +361,9 @@ def llm_sensitivity_max(
         assert isinstance(out, LLMAttributionResult)
         return torch.as_tensor(out.seq_attr, dtype=torch.float64)
 
-    def explain(rows: Tensor) -> Tensor:  # (k, m, d) noisy embeddings -> (k, n_features)
+    def explain(rows: Tensor | tuple[Tensor, ...]) -> Tensor:
+        """(k, m, d) noisy embeddings (a 1-tuple for the unperturbed call) -> (k, n_features)."""
+        rows = rows[0] if isinstance(rows, tuple) else rows
         return torch.stack([attribute_with(row - clean) for row in rows])
 
     value = sensitivity_max(
