@@ -4,6 +4,7 @@ time-series visualizations, and matplotlib plots of token and layer × token att
 ``from llmattr import viz`` stands in for ``from captum.attr import visualization as viz``.
 """
 
+from .explorer import explore, write_explorer
 from .image import (
     ImageVisualizationMethod,
     VisualizeSign,
@@ -32,6 +33,7 @@ __all__ = [
     "VisualizeSign",
     "draw_mask_border",
     "draw_mask_legend",
+    "explore",
     "format_classname",
     "format_special_tokens",
     "format_tooltip",
@@ -47,4 +49,5 @@ __all__ = [
     "visualize_image_attr_multiple",
     "visualize_text",
     "visualize_timeseries_attr",
+    "write_explorer",
 ]

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 __all__ = ["COMPACT_FROM", "escape", "html_report", "page", "robustness_block", "script_json"]
 
-_CSS = (
+REPORT_CSS = (
     "body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',sans-serif;margin:1.5em 2em;"
     "color:#222;background:#fff}"
     "h1{font-size:1.5em}h2{font-size:1.25em;margin-bottom:.2em}"
@@ -180,7 +180,7 @@ def page(title: str, body: str, script: bool = True) -> str:
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         f'<meta http-equiv="Content-Security-Policy" content="{_POLICY}">'
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
-        f"<title>{escape(title)}</title><style>{_CSS}{IMAGE_CSS}</style></head>"
+        f"<title>{escape(title)}</title><style>{REPORT_CSS}{IMAGE_CSS}</style></head>"
         f'<body>{body}<div class="llmattr-tip" aria-hidden="true"></div>{code}</body></html>'
     )
 
