@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 
 import pytest
@@ -72,6 +73,7 @@ def test_matches_captum_given_the_same_classifier(cnn, tmp_path):
     theirs = ca.TCAV(cnn, layers, classifier=MeanDiffClassifier(), save_path=str(tmp_path / "c"))
     got, want = ours.interpret(x, sets, target=1), theirs.interpret(x, sets, target=1)
     assert set(got) == set(want) == {"0-1", "0-2", "0-1-2"}
+    assert list(got) == list(want)  # Captum's key order: the sets sorted by size
     n_nonzero = 0
     for key, concepts_ in zip(["0-1", "0-2", "0-1-2"], sets):
         for layer in layers:
@@ -269,3 +271,25 @@ def test_default_classifier_multiclass_and_errors():
     assert (w.argmax(1) == torch.arange(3)).all()  # each row points to its class's center
     with pytest.raises(InputError, match="train_and_eval first"):
         DefaultClassifier().weights()
+
+
+def test_result_keys_follow_captums_size_order_and_zero_scores_give_zero_magnitude(tmp_path):
+    model = nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 2)).double()
+    g = torch.Generator().manual_seed(0)
+    cs = [
+        Concept(i, f"c{i}", [torch.randn(6, 3, generator=g, dtype=torch.float64) + 0.3 * i])
+        for i in range(4)
+    ]
+    sets = [[cs[0], cs[1], cs[2]], [cs[0], cs[3]], [cs[1], cs[2]]]
+    x = torch.randn(5, 3, generator=g, dtype=torch.float64)
+    ours = TCAV(model, ["0"], classifier=MeanDiffClassifier(), save_path=str(tmp_path / "o"))
+    single = copy.deepcopy(model).float()  # Captum's TCAV fails on float64 models
+    cs32 = [Concept(c.id, c.name, [t.float() for t in c.data_iter]) for c in cs]
+    sets32 = [[cs32[0], cs32[1], cs32[2]], [cs32[0], cs32[3]], [cs32[1], cs32[2]]]
+    theirs = ca.TCAV(single, ["0"], classifier=MeanDiffClassifier(), save_path=str(tmp_path / "c"))
+    assert list(ours.interpret(x, sets, target=1)) == ["0-3", "1-2", "0-1-2"]
+    assert list(theirs.interpret(x.float(), sets32, target=1)) == ["0-3", "1-2", "0-1-2"]
+    with torch.no_grad():
+        model[2].weight[1].zero_()  # output 1 no longer depends on the layer: every score is 0
+    flat = TCAV(model, ["0"], save_path=str(tmp_path / "z")).interpret(x, [cs[:2]], target=1)
+    assert torch.equal(flat["0-1"]["0"]["magnitude"], torch.zeros(2, dtype=torch.float64))

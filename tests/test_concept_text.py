@@ -68,7 +68,7 @@ def _single(lm: nn.Module, layer: str, text: str) -> torch.Tensor:
 def test_pooled_activations_match_each_text_run_alone(lm, concepts, tmp_path, pooling):
     # batches of 4 and 2 texts, each padded to its own width
     tc = TCAV(lm, LAYERS, tokenizer=WordTokenizer(), pooling=pooling, save_path=str(tmp_path),
-              batch_size=4)  # fmt: skip
+              text_batch_size=4)  # fmt: skip
     tc.compute_cavs([concepts])
     for layer in LAYERS:
         stored = tc._store().load(layer, concepts[0])

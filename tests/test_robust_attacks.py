@@ -223,3 +223,23 @@ def test_a_summed_loss_gives_the_per_example_losses_step():
     assert torch.equal(a, b)
     with pytest.raises(IndexError):
         captum_robust.FGSM(logits_model, summed).perturb(x, 0.1, target)
+
+
+def test_per_example_epsilon_tensor_and_pgd_uses_fgsm_bound_as_captum():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    x = torch.randn(3, 3, dtype=torch.float64)
+    eps = torch.tensor([[0.0], [0.1], [0.3]], dtype=torch.float64)
+    ours = FGSM(model).perturb(x, eps, 1)
+    theirs = captum_robust.FGSM(model).perturb(x, eps, 1)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-15)
+    torch.testing.assert_close(ours[0], x[0], rtol=0, atol=0)  # epsilon 0: unchanged
+    with pytest.raises(InputError, match="epsilon"):
+        FGSM(model).perturb(x, -eps, 1)
+    ours_pgd, theirs_pgd = PGD(model), captum_robust.PGD(model)
+    for p in (ours_pgd, theirs_pgd):
+        p.fgsm.bound = lambda t: t.clamp(-0.5, 0.5)
+    kw = dict(radius=2.0, step_size=0.4, step_num=5, target=0)
+    a, b = ours_pgd.perturb(x, **kw), theirs_pgd.perturb(x, **kw)
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-15)
+    assert float(a.abs().max()) <= 0.5

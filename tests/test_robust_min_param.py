@@ -214,3 +214,17 @@ def test_inputs_of_different_lengths_run_one_at_a_time():
         captum_robust.MinParamPerturbation(score, truncate, "k", 0, 5, 1).evaluate(
             ids, target=0, perturbations_per_eval=3
         )
+
+
+def test_mode_is_captums_enum():
+    from captum.robust._core.metrics.min_param_perturbation import (
+        MinParamPerturbationMode as CaptumMode,
+    )
+
+    from llmattr.robust.min_param import MinParamPerturbationMode
+
+    for mode in ("linear", "binary"):
+        ours = MinParamPerturbation(lambda x: x, lambda x, s: x, "s", 0, 1, 0.5, mode=mode)
+        assert isinstance(ours.mode, MinParamPerturbationMode)
+        assert ours.mode.name == CaptumMode[mode.upper()].name
+        assert ours.mode.value == CaptumMode[mode.upper()].value

@@ -21,6 +21,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -79,7 +80,8 @@ class TCAV(ConceptInterpreter):
         save_path: where activations and CAVs are cached.
         tokenizer: makes texts the examples and inputs (keyword only).
         pooling: for a tokenizer: ``"last"`` (default), ``"mean"`` or an int position.
-        batch_size: texts per forward when a concept is a flat list of texts.
+        text_batch_size: texts per forward when a concept is a flat list of texts (not
+            ``batch_size``, which Captum passes on to the classifier with its other kwargs).
         **classifier_kwargs: passed to ``classifier.train_and_eval`` (e.g. ``test_split_ratio``).
     """
 
@@ -95,7 +97,7 @@ class TCAV(ConceptInterpreter):
         *,
         tokenizer: Any = None,
         pooling: Pooling = "last",
-        batch_size: int = 64,
+        text_batch_size: int = 64,
         **classifier_kwargs: Any,
     ) -> None:
         super().__init__(model)
@@ -112,7 +114,7 @@ class TCAV(ConceptInterpreter):
         self.cavs: dict[str, dict[str, CAV]] = {}
         self.tokenizer = tokenizer
         self.pooling = check_pooling(pooling)
-        self.batch_size = batch_size
+        self.text_batch_size = text_batch_size
         self.forward_func: nn.Module = LastTokenLogits(model) if tokenizer is not None else model
         self._default_attr = layer_attr_method is None
         if layer_attr_method is None:
@@ -166,7 +168,7 @@ class TCAV(ConceptInterpreter):
         device = next(self.model.parameters()).device
         return (
             encode_texts(self.tokenizer, texts, self.pooling, device)
-            for texts in text_batches(concept.data_iter, self.batch_size)  # type: ignore[arg-type]
+            for texts in text_batches(concept.data_iter, self.text_batch_size)  # type: ignore[arg-type]
         )
 
     def generate_activation(self, layers: str | list[str], concept: Concept) -> None:
@@ -340,8 +342,11 @@ class TCAV(ConceptInterpreter):
         self.compute_cavs(sets, processes=processes)
         sens = self._sensitivities(inputs, target, additional_forward_args, kwargs)
         scores: dict[str, dict[str, dict[str, Tensor]]] = {}
+        # Captum fills the result with the sets sorted by size (numpy's argsort of the sizes),
+        # so its keys come in that order
+        by_size = [sets[i] for i in np.argsort(np.array([len(c) for c in sets], dtype=object))]
         for layer, s in zip(self.layers, sens):
-            for concepts in sets:
+            for concepts in by_size:
                 key = concepts_to_str(concepts)
                 stats = self.cavs[key][layer].stats or {}
                 w = torch.as_tensor(stats["weights"]).to(s.device, s.dtype)
@@ -357,6 +362,12 @@ class TCAV(ConceptInterpreter):
                 positive = (tcav > 0).to(s.dtype)
                 scores.setdefault(key, {})[layer] = {
                     "sign_count": positive.mean(0),
-                    "magnitude": (tcav * positive).sum(0) / tcav.abs().sum(0),
+                    # the documented share of positive mass; 0 where every score is 0
+                    "magnitude": _share((tcav * positive).sum(0), tcav.abs().sum(0)),
                 }
         return scores
+
+
+def _share(part: Tensor, whole: Tensor) -> Tensor:
+    """``part / whole``, 0 where ``whole`` is 0 (every score 0: no positive share)."""
+    return torch.where(whole > 0, part / torch.where(whole > 0, whole, 1), torch.zeros_like(part))

@@ -61,7 +61,7 @@ class FGSM(Perturbation):
     def perturb(
         self,
         inputs: TensorOrTuple,
-        epsilon: float,
+        epsilon: float | Tensor,
         target: Any,
         additional_forward_args: Any = None,
         targeted: bool = False,
@@ -71,7 +71,8 @@ class FGSM(Perturbation):
 
         Args:
             inputs: a floating-point tensor ``(N, ...)`` or a tuple of them (same ``N``).
-            epsilon: the step size (>= 0).
+            epsilon: the step size (>= 0): a number, or a tensor broadcast against the inputs
+                (e.g. ``(N, 1)``: one step size per example), as Captum takes it.
             target: the true labels (untargeted) or the wanted ones (targeted), as given to
                 ``loss_func``; with the default loss an int, a tuple, a list or a tensor as for
                 any attribution's ``target``.
@@ -87,7 +88,7 @@ class FGSM(Perturbation):
             InputError: a negative epsilon, integer inputs (token ids: attack the embeddings),
                 a mask whose shape does not fit its input.
         """
-        epsilon = check_amount(epsilon, "epsilon")
+        epsilon = check_amount(epsilon, "epsilon", per_example=True)
         tensors, was_tuple = attack_inputs(inputs, type(self).__name__)
         masks = format_masks(mask, tensors)
         perturbed = self._step(tensors, epsilon, target, additional_forward_args, targeted, masks)
@@ -96,7 +97,7 @@ class FGSM(Perturbation):
     def _step(
         self,
         inputs: tuple[Tensor, ...],
-        epsilon: float,
+        epsilon: float | Tensor,
         target: Any,
         additional_forward_args: Any,
         targeted: bool,

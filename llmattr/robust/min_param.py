@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from enum import Enum
 from typing import Any, TypeAlias
 
 import torch
@@ -24,6 +25,14 @@ from .perturbation import forward_each
 __all__ = ["MinParamPerturbation", "default_correct_fn", "drange"]
 
 MODES = ("LINEAR", "BINARY")
+
+
+class MinParamPerturbationMode(Enum):
+    """The search of :class:`MinParamPerturbation` (Captum's enum: ``.mode`` holds one)."""
+
+    LINEAR = 0
+    BINARY = 1
+
 
 # run(value) -> (model input, attack output); check(model inputs) -> index of the first failure
 Runner: TypeAlias = Callable[[float], tuple[Any, Any]]
@@ -122,7 +131,7 @@ class MinParamPerturbation:
         self.preproc_fn = preproc_fn
         self.apply_before_preproc = apply_before_preproc
         self.correct_fn = correct_fn if correct_fn is not None else default_correct_fn
-        self.mode = mode.upper()
+        self.mode = MinParamPerturbationMode[mode.upper()]
 
     def _first_incorrect(self, items: list[Any], args: tuple[Any, ...], kwargs: dict) -> int | None:
         """Index of the first item the model gets wrong (one forward for the group), or None."""
@@ -232,5 +241,9 @@ class MinParamPerturbation:
         def check(items: list[Any]) -> int | None:
             return self._first_incorrect(items, args, kwargs)
 
-        search = self._linear_search if self.mode == "LINEAR" else self._binary_search
+        search = (
+            self._linear_search
+            if self.mode is MinParamPerturbationMode.LINEAR
+            else self._binary_search
+        )
         return search(run, check, perturbations_per_eval)

@@ -63,10 +63,18 @@ def attack_inputs(inputs: Any, method: str) -> tuple[tuple[Tensor, ...], bool]:
     return tensors, was_tuple
 
 
-def check_amount(value: Any, name: str) -> float:
-    """A finite real number >= 0 (epsilon, radius, step size) as a float."""
+def check_amount(value: Any, name: str, per_example: bool = False) -> Any:
+    """A finite real number >= 0 (epsilon, radius, step size) as a float; with
+    ``per_example``, also a tensor of such numbers (e.g. ``(N, 1)``, one per example, as Captum
+    broadcasts it against the inputs), returned detached."""
     if isinstance(value, Tensor) and value.numel() == 1:
         value = value.item()
+    elif per_example and isinstance(value, Tensor):
+        if not value.is_floating_point() or not bool(torch.isfinite(value).all()):
+            raise InputError(f"{name} as a tensor must hold finite floating-point numbers.")
+        if bool((value < 0).any()):
+            raise InputError(f"{name} must be >= 0 everywhere, got a minimum of {value.min()}.")
+        return value.detach()
     if not isinstance(value, numbers.Real) or isinstance(value, bool):
         raise InputTypeError(f"{name} must be a real number, got {type(value).__name__}.")
     if not math.isfinite(value) or value < 0:
@@ -144,7 +152,7 @@ def loss_gradients(
 def sign_step(
     inp: Tensor,
     grad: Tensor,
-    epsilon: float,
+    epsilon: float | Tensor,
     targeted: bool,
     mask: Tensor | float,
     zero_thresh: float,

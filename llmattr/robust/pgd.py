@@ -145,6 +145,7 @@ class PGD(Perturbation):
             stepped = self.fgsm._step(
                 current, step_size, target, additional_forward_args, targeted, masks
             )
+            stepped = tuple(self.fgsm.bound(s) for s in stepped)  # FGSM's own bounds, as Captum
             current = tuple(
                 self.bound(project(x, s, radius, norm)).detach() for x, s in zip(originals, stepped)
             )
