@@ -3,6 +3,9 @@
     llmattr explain "the key of box seven is red . the key of box two is blue . the key of box
     seven is" --html report.html
 
+    llmattr explain-file prompts.jsonl --out results.jsonl      (see llmattr.cli_file)
+    llmattr explore results.jsonl -o explorer.html
+
 ``main(argv)`` returns the exit status instead of exiting, so it can be called in-process:
 0 on success, 1 when the work fails (a model that cannot be loaded, a prompt too long for it,
 a file that cannot be written), 2 for a usage error (an unknown option or method, an empty
@@ -14,19 +17,22 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-__all__ = ["build_parser", "main"]
+from .cli_options import (
+    COMPLETE,
+    DEFAULT_SAMPLES,
+    add_method_options,
+    attribute,
+    check_method_args,
+    completeness_info,
+    make_input,
+    robustness_of,
+)
 
-METHODS = ("ablation", "shapley", "lime", "kernel-shap", "integrated-gradients")
-FEATURES = ("tokens", "words", "sentences")
-# samples drawn when --n-samples is not given (Shapley: permutations; Lime, KernelShap:
-# coalitions, which need more than the feature count to give stable weights)
-# methods whose attributions sum to log p(target | prompt) - log p(target | baseline prompt)
-COMPLETE = ("shapley", "kernel-shap", "integrated-gradients")
-DEFAULT_SAMPLES = {"shapley": 25, "lime": 200, "kernel-shap": 200}
+__all__ = ["build_parser", "main"]
 
 
 class CLIError(Exception):
@@ -38,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="llmattr",
         description="Explain what language models do: which parts of a prompt made the model "
         "produce its answer.",
-        epilog="Run 'llmattr explain --help' for the options of explain.",
+        epilog="Run 'llmattr COMMAND --help' for the options of a command.",
     )
     from . import __version__
 
@@ -58,13 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     explain.add_argument("prompt", metavar="PROMPT", help="the prompt to explain (quote it)")
-    explain.add_argument(
-        "--model",
-        metavar="PATH",
-        default=None,
-        help="a Hugging Face model directory (or hub name) with its tokenizer; default: the demo "
-        "model that ships with llmattr (key-value recall, copying, comparisons)",
-    )
+    add_method_options(explain)
     explain.add_argument(
         "--target",
         metavar="TEXT",
@@ -72,64 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="the continuation to explain, exactly as it follows the prompt (mind a leading "
         "space for BPE tokenizers); default: the model's greedy generation",
     )
-    explain.add_argument(
-        "--method",
-        choices=METHODS,
-        default="ablation",
-        help="ablation: replace each feature by the baseline token, one at a time; shapley: "
-        "Shapley value sampling; lime: Lime; kernel-shap: KernelShap; integrated-gradients: "
-        "integrated gradients in the embedding space",
-    )
-    explain.add_argument(
-        "--features",
-        choices=FEATURES,
-        default="tokens",
-        help="what a feature is: each token, each word (its tokens perturbed together), or "
-        "each sentence",
-    )
-    explain.add_argument(
-        "--baseline",
-        metavar="TOKEN",
-        default=None,
-        help="the one-token string that replaces an absent feature (default: the tokenizer's "
-        "pad token, else its unknown token)",
-    )
-    explain.add_argument(
-        "--max-new-tokens",
-        type=int,
-        default=10,
-        metavar="N",
-        help="tokens to generate when --target is not given (special tokens such as the end "
-        "of sequence are left out of the target)",
-    )
-    explain.add_argument(
-        "--n-samples",
-        type=int,
-        default=None,
-        metavar="N",
-        help="samples of the sampling methods (default: shapley 25 permutations, lime and "
-        "kernel-shap 200 coalitions)",
-    )
-    explain.add_argument(
-        "--n-steps", type=int, default=50, metavar="N", help="steps of integrated-gradients"
-    )
-    explain.add_argument("--seed", type=int, default=0, help="seed of the sampling methods")
-    explain.add_argument(
-        "--robustness",
-        action="store_true",
-        help="also report how robust the answer is: the fewest features, most important "
-        "first, whose removal (replacement by the baseline) changes the greedy answer (with "
-        "--target: makes the model stop preferring the target); shown in the summary, the HTML "
-        "report and the JSON file",
-    )
     explain.add_argument("--html", metavar="FILE", type=Path, help="write an HTML report")
     explain.add_argument("--json", metavar="FILE", type=Path, help="write the result as JSON")
-    explain.add_argument(
-        "--device",
-        default=None,
-        help="where the model runs: cpu, cuda, cuda:1, mps, ... (default: cuda when available, "
-        "else cpu)",
-    )
     explain.add_argument(
         "--top", type=int, default=10, metavar="K", help="features listed in the summary"
     )
@@ -140,12 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="colour the prompt by attribution; auto: when stdout is a terminal and NO_COLOR "
         "is unset",
     )
-    explain.add_argument(
-        "--no-progress",
-        action="store_true",
-        help="no progress bar (shown on stderr when it is a terminal)",
-    )
-    explain.set_defaults(run=explain_command, usage_error=explain.error)
+    explain.set_defaults(run=explain_command, usage_error=explain.error, check=_check_explain_args)
+    from .cli_file import add_file_commands
+
+    add_file_commands(commands)
     return parser
 
 
@@ -154,8 +96,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-        if args.command == "explain":
-            _check_explain_args(args)
+        check = getattr(args, "check", None)
+        if check is not None:
+            check(args)
     except SystemExit as stop:  # argparse exits on --help, --version and usage errors
         return int(stop.code or 0) if not isinstance(stop.code, str) else 2
     stdout = sys.stdout
@@ -201,10 +144,9 @@ def _check_explain_args(args: argparse.Namespace) -> None:
         error("the prompt is empty: give the text to explain")
     if args.target is not None and not args.target:
         error("--target is empty: give the continuation to explain, or leave it out")
-    for name in ("max_new_tokens", "n_samples", "n_steps", "top"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            error(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    check_method_args(args, error)
+    if args.top < 1:
+        error(f"--top must be at least 1, got {args.top}")
 
 
 # ---- explain ------------------------------------------------------------------------------------
@@ -232,7 +174,10 @@ def explain_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             raise CLIError(f"cannot write {path}: the folder {path.parent} does not exist")
     with quiet_transformers():
         model, tokenizer, label = load_model(args.model, device)
-    inp = make_input(args.features, args.prompt, tokenizer, args.baseline)
+    try:
+        inp = make_input(args.features, args.prompt, tokenizer, args.baseline)
+    except (ValueError, NotImplementedError) as error:
+        raise CLIError(str(error)) from None
     config = getattr(model, "config", None)
     limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", 0)
     if limit and inp.ids.numel() > limit:
@@ -254,14 +199,7 @@ def explain_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         raise CLIError(str(error)) from None
     result.info.update(_settings(args, label))
     if args.method in COMPLETE:  # attributions that should add up: say how well they do
-        from .metrics import completeness
-
-        check = completeness(model, tokenizer, inp, result)
-        result.info["completeness"] = {
-            "sum": check.total,
-            "expected": check.expected,
-            "gap": check.gap,
-        }
+        result.info["completeness"] = completeness_info(model, tokenizer, inp, result)
     color = args.color == "always" or (
         args.color == "auto" and out.isatty() and not os.environ.get("NO_COLOR")
     )
@@ -288,14 +226,8 @@ def _robustness(
     ``info["robustness"]`` (the JSON file, the HTML report's block)."""
     import torch
 
-    from .robust.text import answer_robustness
-
     try:
-        # 8 prompts per forward: a few evaluated past the answer's change, far fewer forwards
-        robust = answer_robustness(
-            model, tokenizer, inp, result, target=args.target,
-            max_new_tokens=args.max_new_tokens, perturbations_per_eval=8,
-        )  # fmt: skip
+        robust = robustness_of(model, tokenizer, inp, result, args)
     except (ValueError, torch.cuda.OutOfMemoryError) as error:
         raise CLIError(str(error)) from None
     result.info["robustness"] = robust.to_dict()
@@ -346,72 +278,16 @@ def _device(name: str | None) -> Any:
 
 
 def load_model(name: str | None, device: Any) -> tuple[Any, Any, str]:
-    """``(model, tokenizer, label)`` for ``--model`` (None: the demo model), on ``device``; see
-    :func:`llmattr._hf.load_language_model`."""
+    """``(model, tokenizer, label)`` for ``--model`` (None or ``demo``: the demo model), on
+    ``device``; see :func:`llmattr._hf.load_language_model`."""
     from ._hf import ModelLoadError, load_language_model
 
+    if name == "demo" and not Path(name).exists():  # as in explain-file: the shipped model
+        name = None
     try:
         return load_language_model(name, device)
     except ModelLoadError as error:
         raise CLIError(str(error)) from None
-
-
-def make_input(kind: str, prompt: str, tokenizer: Any, baseline: str | None) -> Any:
-    from .text.inputs import TextTokenInput, sentences, words
-
-    def tokens(text: str, tok: Any, baselines: str | None) -> Any:
-        # the prompt's own tokens: the tokenizer's BOS/[CLS] are not shown as features
-        return TextTokenInput(text, tok, baselines, include_special_tokens=False)
-
-    builders: dict[str, Callable[..., Any]] = {
-        "tokens": tokens,
-        "words": words,
-        "sentences": sentences,
-    }
-    build = builders[kind]
-    try:
-        return build(prompt, tokenizer, baselines=baseline)
-    except (ValueError, NotImplementedError) as error:
-        raise CLIError(str(error)) from None
-
-
-def attribute(
-    model: Any, tokenizer: Any, inp: Any, args: argparse.Namespace, progress: bool
-) -> Any:
-    """Run the method of ``args.method`` on ``inp``; returns the LLMAttributionResult."""
-    from . import (
-        FeatureAblation,
-        KernelShap,
-        LayerIntegratedGradients,
-        Lime,
-        LLMAttribution,
-        LLMGradientAttribution,
-        ShapleyValueSampling,
-    )
-
-    special = [
-        getattr(tokenizer, name, None) for name in ("eos_token_id", "pad_token_id", "bos_token_id")
-    ]
-    target_args: dict[str, Any] = {"target": args.target}
-    if args.target is None:
-        target_args["gen_args"] = {"max_new_tokens": args.max_new_tokens}
-        target_args["skip_tokens"] = sorted({int(i) for i in special if i is not None})
-    if args.method == "integrated-gradients":
-        lig = LayerIntegratedGradients(model, model.get_input_embeddings())
-        return LLMGradientAttribution(lig, tokenizer).attribute(
-            inp, n_steps=args.n_steps, show_progress=progress, **target_args
-        )
-    cls = {
-        "ablation": FeatureAblation,
-        "shapley": ShapleyValueSampling,
-        "lime": Lime,
-        "kernel-shap": KernelShap,
-    }[args.method]
-    kwargs: dict[str, Any] = {"show_progress": progress}
-    if args.method in DEFAULT_SAMPLES:
-        kwargs["n_samples"] = args.n_samples
-        kwargs["generator"] = args.seed
-    return LLMAttribution(cls(model), tokenizer).attribute(inp, **target_args, **kwargs)
 
 
 if __name__ == "__main__":
