@@ -22,9 +22,9 @@ import torch
 
 from llmattr import FeatureAblation, LLMAttribution, LLMAttributionResult
 from llmattr._core.errors import InputError
-from llmattr.viz.explorer import explore, write_explorer
+from llmattr.viz.explorer import explore, image_record, write_explorer
 from llmattr.viz.explorer_assets import EXPLORER_SCRIPT
-from llmattr.viz.explorer_data import aggregate, build_payload, image_record, read_results
+from llmattr.viz.explorer_data import aggregate, build_payload, read_results
 from llmattr.viz.tokens import display_tokens
 
 SETTINGS = {"model": "demo", "method": "FeatureAblation", "features": "words"}
@@ -178,7 +178,8 @@ def test_payload_numbers_of_real_results(tmp_path):
         assert [t[0] for t in entry["top"]] == [result.input_tokens[j] for j in top]
         assert entry["sl"] == pytest.approx(float(seq.abs().max()))
         assert entry["meta"] == [record["meta"][k] for k in data["keys"]]
-        assert entry["shares"] is None and entry["image"] is None  # text only
+        assert "shares" not in entry and "image" not in entry  # text only: absent, not null
+    assert set(data) == {"keys", "vocab", "examples"}  # what the script reads, nothing more
 
 
 def test_target_probability_is_the_product_and_missing_probs_give_none():
@@ -186,7 +187,7 @@ def test_target_probability_is_the_product_and_missing_probs_give_none():
     none = synthetic(["a"], [1.0])
     none["result"]["output_probs"] = None
     data = build_payload({}, [two, none], "t")
-    assert data["examples"][0]["p"] == 0.125 and data["examples"][1]["p"] is None
+    assert data["examples"][0]["p"] == 0.125 and "p" not in data["examples"][1]
 
 
 def test_page_has_one_script_of_known_hash_and_no_raw_markup_from_data(tmp_path):
@@ -215,7 +216,7 @@ def test_page_has_one_script_of_known_hash_and_no_raw_markup_from_data(tmp_path)
 def test_token_attr_past_the_budget_is_left_out_and_said():
     recs = [synthetic(["a", "b"], [1, 2], index=i, rows=[[1, 2]]) for i in range(3)]
     data = build_payload({}, recs, "t", max_cells=4)
-    assert [e["rows"] is not None for e in data["examples"]] == [True, True, False]
+    assert ["rows" in e for e in data["examples"]] == [True, True, False]
     assert data["examples"][2].get("omitted") and "1 examples" in data["notes"][0]
     assert data["examples"][2]["seq"] == [1, 2]  # the prompt colouring stays
 
@@ -304,7 +305,7 @@ def test_image_records_carry_png_pictures_and_shares(tmp_path):
     first, second = data_block(page.read_text(encoding="utf-8"))["examples"]
     assert first["image"] == {"overlay": image["overlay"], "image": image["image"]}
     assert first["shares"] == {"image": 1.0, "text": 0.0}
-    assert second["image"] is None and second["shares"] is None
+    assert "image" not in second and "shares" not in second
 
 
 def test_modality_shares_are_those_of_the_result_and_bad_pictures_are_dropped():
@@ -317,7 +318,7 @@ def test_modality_shares_are_those_of_the_result_and_bad_pictures_are_dropped():
     assert entry["shares"] == pytest.approx(want) and want == pytest.approx(
         {"image": 0.5, "text": 0.5}
     )
-    assert entry["image"] is None  # one picture is not PNG data
+    assert "image" not in entry  # one picture is not PNG data
 
 
 def test_explore_takes_records_and_results_and_refuses_other_things(tmp_path):
@@ -325,7 +326,7 @@ def test_explore_takes_records_and_results_and_refuses_other_things(tmp_path):
     page = explore(reversed(records), tmp_path / "a.html", settings=SETTINGS)
     data = data_block(page.read_text(encoding="utf-8"))
     assert [e["id"] for e in data["examples"]] == [r["id"] for r in records]
-    assert data["settings"] == SETTINGS
+    assert "model</dt><dd>demo<" in page.read_text(encoding="utf-8")  # the settings, shown
     with pytest.raises(TypeError, match="neither an LLMAttributionResult"):
         explore([{"prompt": "a"}], tmp_path / "b.html")
     with pytest.raises(InputError, match="at least one"):
@@ -343,3 +344,106 @@ def test_inputs_are_not_changed(tmp_path):
     before = json.dumps(records)
     explore(records, tmp_path / "e.html")
     assert json.dumps(records) == before
+
+
+# ---- review fixes: bad values and malformed records --------------------------------------------
+
+
+def test_non_finite_modality_shares_are_written_as_null(tmp_path):
+    rec = synthetic(["p0", "w"], [math.nan, 1.0], info={"modalities": ["image", "text"]})
+    page = write_explorer(write_results(tmp_path / "r.jsonl", [rec]), tmp_path / "e.html")
+    shares = data_block(page.read_text(encoding="utf-8"))["examples"][0]["shares"]
+    assert shares == {"image": None, "text": None}
+
+
+def test_an_empty_error_message_still_marks_a_failure():
+    failed = {"id": "x", "index": 0, "prompt": "p", "target": None, "meta": {}, "error": ""}
+    entry = build_payload({}, [failed], "t")["examples"][0]
+    assert entry["error"] and "tok" not in entry  # a failure, with a message to show
+
+
+def test_a_lone_surrogate_is_written_and_a_failed_write_leaves_nothing(tmp_path):
+    rec = synthetic(["a\ud800"], [1.0])
+    rec["prompt"] = "x\ud800y"
+    page = write_explorer(write_results(tmp_path / "r.jsonl", [rec]), tmp_path / "e.html")
+    assert data_block(page.read_text(encoding="utf-8"))["examples"][0]["prompt"] == "x?y"
+    (tmp_path / "dir.html").mkdir()
+    with pytest.raises(OSError):
+        write_explorer(tmp_path / "r.jsonl", tmp_path / "dir.html")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.html", "e.html", "r.jsonl"]
+
+
+def _broken(key: str) -> dict:
+    rec = synthetic(["a", "b"], [1.0, 2.0], rows=[[1.0, 2.0]], info={"modalities": ["text"] * 2})
+    result = rec["result"]
+    if key == "meta":
+        rec["meta"] = [1, 2]
+    elif key == "info":
+        result["info"] = "x"
+    elif key == "null":
+        result["seq_attr"]["data"] = [None, 1.0]
+    elif key == "string":
+        result["token_attr"]["data"] = ["1", 2.0]
+    elif key == "huge":
+        result["seq_attr"]["data"] = [10**400, 1.0]
+    elif key == "length":
+        result["seq_attr"]["data"] = [1.0]
+    elif key == "modalities":
+        result["info"]["modalities"] = ["image"]
+    elif key == "tokens":
+        result["input_tokens"] = "ab"
+    return rec
+
+
+@pytest.mark.parametrize(
+    "key, message",
+    [
+        ("meta", '"meta" must be an object'),
+        ("info", '"info" must be an object'),
+        ("null", '"seq_attr" must be'),
+        ("string", '"token_attr" must be'),
+        ("huge", '"seq_attr" must be'),
+        ("length", "1 values for 2 input tokens"),
+        ("modalities", '"modalities" must be a list of one name per input token'),
+        ("tokens", '"input_tokens" must be a list of strings'),
+    ],
+)
+def test_malformed_records_are_refused_naming_file_and_line(tmp_path, key, message):
+    path = write_results(tmp_path / "r.jsonl", [synthetic(["a"], [1.0]), _broken(key)])
+    with pytest.raises(
+        InputError, match=re.escape("r.jsonl, line 3: ") + ".*" + re.escape(message)
+    ):
+        write_explorer(path, tmp_path / "e.html")
+    assert not (tmp_path / "e.html").exists()
+    with pytest.raises(InputError, match="record 0: "):
+        explore([_broken(key)], tmp_path / "e.html")
+
+
+def test_odd_but_valid_values_still_make_a_page(tmp_path):
+    rec = synthetic(["a"], [1.0], meta={"big": 10**400, "x": 1})
+    settings = {**SETTINGS, "n_steps": math.nan}  # JSON's NaN (Python writes it)
+    page = write_explorer(write_results(tmp_path / "r.jsonl", [rec], settings), tmp_path / "e.html")
+    assert data_block(page.read_text(encoding="utf-8"))["examples"][0]["meta"] == [
+        str(10**400),
+        1.0,
+    ]
+    assert aggregate([rec], by="big").keys() == {str(10**400)}
+
+
+def test_the_header_is_checked_before_the_rest_is_read(tmp_path):
+    path = tmp_path / "x.jsonl"
+    path.write_bytes(b"hello\n" + b"\xff" * 100)  # the rest would not even decode
+    with pytest.raises(InputError, match="first line is not JSON"):
+        read_results(path)
+    path.write_text("x" * (2 << 20), encoding="utf-8")  # one long line, no header
+    with pytest.raises(InputError, match="too long"):
+        read_results(path)
+    path.write_text('{"llmattr_results": true}\n', encoding="utf-8")
+    with pytest.raises(InputError, match="format True"):
+        read_results(path)
+
+
+def test_the_policy_forbids_base_and_form_targets(tmp_path):
+    page = explore([synthetic(["a"], [1.0])], tmp_path / "e.html").read_text(encoding="utf-8")
+    policy = re.search(r'http-equiv="Content-Security-Policy" content="([^"]*)"', page).group(1)
+    assert "base-uri 'none'" in policy and "form-action 'none'" in policy

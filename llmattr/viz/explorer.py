@@ -21,25 +21,29 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
+import tempfile
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from .._core.errors import InputError, InputTypeError
 from .explorer_assets import EXPLORER_SCRIPT
-from .explorer_data import MAX_CELLS, build_payload, read_results
+from .explorer_data import MAX_CELLS, build_payload, check_record, read_results
 from .image_report import IMAGE_CSS
 from .report import REPORT_CSS
 from .report_blocks import escape, plural, script_json
 
-__all__ = ["explore", "explorer_html", "write_explorer"]
+__all__ = ["explore", "explorer_html", "image_record", "write_explorer"]
 
 _SCRIPT_HASH = base64.b64encode(hashlib.sha256(EXPLORER_SCRIPT.encode("utf-8")).digest()).decode()
 _POLICY = (
     "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
-    f"script-src 'sha256-{_SCRIPT_HASH}'"
+    f"script-src 'sha256-{_SCRIPT_HASH}'; base-uri 'none'; form-action 'none'"
 )
 _SHOWN_SETTINGS = ("model", "method", "features")
+_DATA = ("keys", "vocab", "examples")  # what the script reads (the header is drawn here)
 
 _CSS = (
     "body{margin:1em 1.5em}header .meta{margin:.1em 0 .5em}"
@@ -122,7 +126,7 @@ def explorer_html(payload: Mapping[str, Any]) -> str:
         'style="width:5em"> times</label><span class="count" id="aggnote"></span></div>'
         '<div class="agg" id="agg"></div></section>'
         '<script type="application/json" id="llmattr-explorer-data">'
-        f"{script_json(payload)}</script><script>{EXPLORER_SCRIPT}</script>"
+        f"{script_json({k: payload[k] for k in _DATA})}</script><script>{EXPLORER_SCRIPT}</script>"
     )
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
@@ -166,9 +170,26 @@ def write_explorer(
 
 
 def _write(payload: Mapping[str, Any], out: str | Path) -> Path:
+    """Write the page whole or not at all: encoded first (a lone surrogate in a string becomes
+    "?"), then written to a temporary file beside ``out`` and renamed over it."""
     path = Path(out)
-    path.write_text(explorer_html(payload), encoding="utf-8")
+    data = explorer_html(payload).encode("utf-8", errors="replace")
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+        os.chmod(temp, 0o666 & ~_umask())  # as a plain open() would have made it
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def explore(
@@ -211,7 +232,6 @@ def _index(record: Mapping[str, Any]) -> int:
 
 def _as_record(item: Any, i: int) -> dict[str, Any]:
     if hasattr(item, "to_dict") and hasattr(item, "seq_attr"):
-        from .explorer_data import image_record
         from .tokens import tokens_to_text
 
         record = {"id": str(i), "index": i, "meta": {}, "result": item.to_dict()}
@@ -222,8 +242,31 @@ def _as_record(item: Any, i: int) -> dict[str, Any]:
         return record
     if isinstance(item, Mapping) and "id" in item and isinstance(item.get("index"), int):
         if "error" in item or isinstance(item.get("result"), Mapping):
+            check_record(dict(item), f"record {i}")
             return dict(item)
     raise InputTypeError(
         f"Item {i} is neither an LLMAttributionResult nor a results-file record (a dict with "
         '"id", an integer "index" and a "result" or an "error").'
     )
+
+
+def image_record(result: Any) -> dict[str, Any] | None:
+    """What a results-file record carries so that the explorer shows an image result: the
+    ``"overlay"`` (the image under its ``seq_attr`` heatmap, :func:`.image_report.overlay_png`)
+    and the plain ``"image"``, as PNG ``data:`` URIs, and each feature's ``"modalities"``.
+    None when ``result.inp`` is no image input (text results, loaded results)."""
+    from .image_report import _png, _rgb, has_image, overlay_png
+
+    if not has_image(result):
+        return None
+    inp = result.inp
+    pixel = inp.format_pixel_attr(result.seq_attr.reshape(1, -1))[0]
+
+    def uri(png: bytes) -> str:
+        return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # NaN pixels are drawn as 0
+        overlay = overlay_png(inp.image, pixel)
+    names = getattr(inp, "modalities", None) or ["image"] * len(result.input_tokens)
+    return {"overlay": uri(overlay), "image": uri(_png(_rgb(inp.image))), "modalities": names}

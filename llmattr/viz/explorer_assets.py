@@ -72,7 +72,8 @@ EXPLORER_SCRIPT = """(function () {
   EX.forEach(function (e, k) {
     e.k = k;
     e.hay = (e.id + "\\n" + e.prompt + "\\n" + e.target).toLowerCase();
-    e.topText = e.error ? "error: " + e.error : (e.top || []).map(function (t) {
+    e.failed = "error" in e;
+    e.topText = e.failed ? "error: " + e.error : (e.top || []).map(function (t) {
       return t[0] + " " + num(t[1]);
     }).join(", ");
   });
@@ -91,7 +92,8 @@ EXPLORER_SCRIPT = """(function () {
     num: true, show: function (v) { return v === null ? "" : v.toFixed(4); }});
   COLS.push({name: "top features", get: function (e) { return e.topText; }});
   COLS.push({name: "prompt", get: function (e) { return e.prompt; }});
-  var state = {rows: EX.slice(), col: 0, dir: 1, page: 0, sel: -1, query: "", meta: {}};
+  var state = {rows: EX.slice(), col: 0, dir: 1, page: 0, sel: -1, query: "",
+    meta: Object.create(null)};
   var tbody = $("rows"), head = $("head");
   COLS.forEach(function (c, j) {
     var th = el("th", null, c.name);
@@ -129,7 +131,7 @@ EXPLORER_SCRIPT = """(function () {
       COLS.forEach(function (c) {
         var v = c.get(e), td = el("td", c.num ? "num" : null);
         td.textContent = c.show ? c.show(v) : v === null || v === undefined ? "" : String(v);
-        if (c.name === "top features" && e.error) td.className = "err";
+        if (c.name === "top features" && e.failed) td.className = "err";
         td.title = td.textContent;
         tr.appendChild(td);
       });
@@ -159,9 +161,9 @@ EXPLORER_SCRIPT = """(function () {
   }
   $("q").addEventListener("input", function () { state.query = this.value; filter(); });
   KEYS.forEach(function (key, j) {  // a choice per metadata key with few distinct values
-    var seen = {};
-    EX.forEach(function (e) { seen[group(e.meta[j])] = 1; });
-    var values = Object.keys(seen).sort();
+    var seen = new Set();  // never a plain object: a value may be "__proto__" or "constructor"
+    EX.forEach(function (e) { seen.add(group(e.meta[j])); });
+    var values = Array.from(seen).sort();
     if (values.length < 2 || values.length > 50) return;
     var label = el("label", null, key + " "), sel = el("select");
     sel.setAttribute("data-key", j);
@@ -219,7 +221,7 @@ EXPLORER_SCRIPT = """(function () {
       dl.appendChild(el("dt", null, key)); dl.appendChild(el("dd", null, group(e.meta[j])));
     });
     box.appendChild(dl);
-    if (e.error) {
+    if (e.failed) {
       box.appendChild(el("h3", null, "Prompt"));
       box.appendChild(el("div", "prompt", e.prompt));
       box.appendChild(el("p", "err", "This prompt failed: " + e.error));
@@ -227,7 +229,8 @@ EXPLORER_SCRIPT = """(function () {
     }
     if (e.shares) {
       var parts = Object.keys(e.shares).map(function (m) {
-        return m + " " + Math.round(100 * e.shares[m]) + "%";
+        var v = e.shares[m];
+        return m + " " + (typeof v === "number" ? Math.round(100 * v) + "%" : "nan");
       });
       box.appendChild(el("p", "shares", "share of |attribution|: " + parts.join(" \\u00b7 ")));
     }
@@ -308,53 +311,71 @@ EXPLORER_SCRIPT = """(function () {
   }
   // ---- feature averages ---------------------------------------------------------------------
   var aggDirty = true, aggSort = 0;  // 0: mean |a|, 1: mean a, 2: count, 3: examples
-  function aggregate(list, j, minCount) {
-    var groups = {}, names = [], V = VOCAB.length;
+  var SLOT = new Int32Array(VOCAB.length);  // scratch: a feature's place in its group, + 1
+  function aggregate(list, j) {
+    // Sparse sums per group: the features that occur in it, in parallel arrays (groups kept in a
+    // Map, as their names are data). SLOT is shared and reset after each group.
+    var groups = new Map();
     list.forEach(function (e) {
-      if (e.error) return;
-      var g = j < 0 ? "all" : group(e.meta[j]), s = groups[g];
-      if (!s) {
-        s = groups[g] = {name: g, size: 0, n: new Float64Array(V), x: new Float64Array(V),
-          sum: new Float64Array(V), abs: new Float64Array(V), last: new Int32Array(V)};
-        names.push(g);
-      }
-      s.size++;
-      for (var i = 0; i < e.tok.length; i++) {
-        var v = e.seq[i], t = e.tok[i];
-        if (typeof v !== "number") continue;  // NaN (null) and infinities ("inf") are left out
-        s.n[t]++; s.sum[t] += v; s.abs[t] += Math.abs(v);
-        if (s.last[t] !== e.k + 1) { s.x[t]++; s.last[t] = e.k + 1; }
-      }
+      if (e.failed) return;
+      var g = j < 0 ? "all" : group(e.meta[j]), b = groups.get(g);
+      if (!b) groups.set(g, b = []);
+      b.push(e);
     });
-    return names.map(function (g) {
-      var s = groups[g], rows = [];
-      for (var t = 0; t < V; t++) {
-        if (s.n[t] >= minCount && s.n[t] > 0) {
-          rows.push({feature: VOCAB[t], count: s.n[t], examples: s.x[t],
-            mean: s.sum[t] / s.n[t], mean_abs: s.abs[t] / s.n[t]});
+    return Array.from(groups, function (pair) {
+      var rows = pair[1], feat = [], n = [], x = [], sum = [], abs = [], last = [];
+      for (var r = 0; r < rows.length; r++) {
+        var tok = rows[r].tok, seq = rows[r].seq;
+        for (var i = 0; i < tok.length; i++) {
+          var v = seq[i], t = tok[i], s = SLOT[t] - 1;
+          if (typeof v !== "number") continue;  // NaN (null) and infinities ("inf") left out
+          if (s < 0) {
+            s = feat.length; SLOT[t] = s + 1;
+            feat.push(t); n.push(0); x.push(0); sum.push(0); abs.push(0); last.push(-1);
+          }
+          n[s]++; sum[s] += v; abs[s] += v < 0 ? -v : v;
+          if (last[s] !== r) { x[s]++; last[s] = r; }
         }
       }
-      return {group: g, size: s.size, features: rows};
+      for (var q = 0; q < feat.length; q++) SLOT[feat[q]] = 0;
+      return {group: pair[0], size: rows.length, feat: feat, n: n, x: x, sum: sum, abs: abs};
     });
   }
-  var SORTS = [
-    function (a, b) { return b.mean_abs - a.mean_abs; },
-    function (a, b) { return b.mean - a.mean; },
-    function (a, b) { return b.count - a.count; },
-    function (a, b) { return b.examples - a.examples; }
-  ];
+  function stat(g, q) {
+    return {feature: VOCAB[g.feat[q]], count: g.n[q], examples: g.x[q],
+      mean: g.sum[q] / g.n[q], mean_abs: g.abs[q] / g.n[q]};
+  }
+  function allStats(g, minCount) {
+    var rows = [];
+    for (var q = 0; q < g.feat.length; q++) if (g.n[q] >= minCount) rows.push(stat(g, q));
+    return rows;
+  }
+  function topStats(g, minCount, k) {
+    // The k best features by the chosen column (ties by label), without sorting them all.
+    var key = [g.abs, g.sum, g.n, g.x][aggSort], mean = aggSort < 2, best = [];
+    function value(q) { return mean ? key[q] / g.n[q] : key[q]; }
+    function before(p, q) {  // p ranks above q
+      var a = value(p), b = value(q);
+      if (a !== b) return a > b;
+      return VOCAB[g.feat[p]] < VOCAB[g.feat[q]];
+    }
+    for (var q = 0; q < g.feat.length; q++) {
+      if (g.n[q] < minCount || (best.length === k && !before(q, best[k - 1]))) continue;
+      var at = best.length === k ? k - 1 : best.length;
+      while (at > 0 && before(q, best[at - 1])) { best[at] = best[at - 1]; at--; }
+      best[at] = q;
+    }
+    return best.map(function (q) { return stat(g, q); });
+  }
   function drawAgg() {
     if (!aggDirty) return;
     aggDirty = false;
     var j = +$("groupby").value, minCount = Math.max(1, +$("mincount").value || 1);
-    var groups = aggregate(state.rows, j, minCount), box = $("agg");
+    var groups = aggregate(state.rows, j), box = $("agg");
     groups.sort(function (a, b) { return b.size - a.size || compare(a.group, b.group); });
     box.textContent = "";
     groups.slice(0, MAX_GROUPS).forEach(function (g) {
-      g.features.sort(function (a, b) {
-        return SORTS[aggSort](a, b) || (a.feature < b.feature ? -1 : a.feature > b.feature ? 1 : 0);
-      });
-      var top = g.features.slice(0, TOP), part = el("div", "group");
+      var top = topStats(g, minCount, TOP), part = el("div", "group");
       part.setAttribute("data-group", g.group);
       part.appendChild(el("h3", null, (j < 0 ? "all examples" : KEYS[j] + " = " + g.group) +
         " \\u00b7 " + g.size + " example" + (g.size === 1 ? "" : "s")));
@@ -411,7 +432,11 @@ EXPLORER_SCRIPT = """(function () {
       if (b.getAttribute("data-tab") === "features") drawAgg();
     });
   });
-  window.llmattrAggregate = function (j, minCount) { return aggregate(EX, j, minCount || 1); };
+  window.llmattrAggregate = function (j, minCount) {  // every feature, for tests and the console
+    return aggregate(EX, j).map(function (g) {
+      return {group: g.group, size: g.size, features: allStats(g, minCount || 1)};
+    });
+  };
   order(); draw();
   if (EX.length) select(state.rows[0].k);
   root.setAttribute("data-init-ms", (performance.now() - t0).toFixed(2));

@@ -32,7 +32,7 @@ __all__ = [
     "FeatureStat",
     "aggregate",
     "build_payload",
-    "image_record",
+    "check_record",
     "read_results",
 ]
 
@@ -41,6 +41,8 @@ FORMAT_VERSION = 1
 #: Token × target values embedded in one page at most (about 8 bytes each in the data block).
 MAX_CELLS = 2_000_000
 _TOP = 3  # top features listed per example in the table
+_HEADER_MAX = 1 << 20  # a header line longer than this is no results header
+_HUGE = 2**1023  # integers past this are no float
 _DATA_URI = re.compile(r"data:image/png;base64,[A-Za-z0-9+/]+=*")
 
 
@@ -55,40 +57,29 @@ def _not_ours(path: Path, why: str) -> InputError:
 def read_results(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """``(settings, records)`` of a results file, the records sorted by ``index``.
 
-    A last line cut short (a run killed while writing) is skipped with a warning; a record
-    whose id appears again later is replaced by the later one (a prompt redone after a crash).
+    The header line is read (and checked) first, so a large file that is no results file is
+    refused without loading it. A last line cut short (a run killed while writing) is skipped
+    with a warning; a record whose id appears again later is replaced by the later one (a
+    prompt redone after a crash).
 
     Raises:
         InputError: the file is missing or empty, its first line is not an llmattr results
-            header, it was written by a newer format, or a later line (its number is given) is
-            not a JSON record.
+            header, it was written by another format, or a later line (its number is given) is
+            not a well-formed record.
     """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"No results file at {path}.")
     try:
-        text = path.read_text(encoding="utf-8-sig")  # a BOM is not part of the header
+        with path.open("rb") as file:
+            first = file.readline(_HEADER_MAX).removeprefix(b"\xef\xbb\xbf")  # a BOM
+            if first.strip() and not first.endswith(b"\n") and file.read(1):
+                raise _not_ours(path, "its first line is not a results header (too long)")
+            settings = _header(path, first.decode("utf-8"), file)
+            text = file.read().decode("utf-8")
     except UnicodeDecodeError:
         raise _not_ours(path, "it is not UTF-8 text") from None
-    lines = text.split("\n")
-    if not text.strip():
-        raise _not_ours(path, "it is empty")
-    try:
-        header = json.loads(lines[0])
-    except json.JSONDecodeError:
-        raise _not_ours(path, "its first line is not JSON") from None
-    if not isinstance(header, dict) or "llmattr_results" not in header:
-        raise _not_ours(path, 'its first line has no "llmattr_results" header')
-    version = header["llmattr_results"]
-    if version != FORMAT_VERSION:
-        raise InputError(
-            f"{path} is a results file of format {version!r}; this llmattr reads format "
-            f"{FORMAT_VERSION}. Upgrade llmattr (or re-run explain-file with this version)."
-        )
-    settings = header.get("settings") or {}
-    if not isinstance(settings, dict):
-        raise _not_ours(path, 'its header\'s "settings" is not an object')
-    numbered = [(n, line) for n, line in enumerate(lines[1:], start=2) if line.strip()]
+    numbered = [(n, line) for n, line in enumerate(text.split("\n"), start=2) if line.strip()]
     records: dict[str, dict[str, Any]] = {}
     for k, (n, line) in enumerate(numbered):
         try:
@@ -102,20 +93,86 @@ def read_results(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]
                 )
                 continue
             raise InputError(f"{path}, line {n}: not JSON ({error.msg}).") from None
-        records[_check_record(record, f"{path}, line {n}")] = record
+        records[check_record(record, f"{path}, line {n}")] = record
     return settings, sorted(records.values(), key=lambda r: r["index"])
 
 
-def _check_record(record: Any, where: str) -> str:
-    """The record's id, after checking the fields the explorer reads."""
+def _header(path: Path, first: str, file: Any) -> dict[str, Any]:
+    if not first.strip():
+        if not file.read(1 << 16).strip():  # bytes: blank lines only
+            raise _not_ours(path, "it is empty")
+        raise _not_ours(path, "its first line is not JSON")
+    try:
+        header = json.loads(first)
+    except json.JSONDecodeError:
+        raise _not_ours(path, "its first line is not JSON") from None
+    if not isinstance(header, dict) or "llmattr_results" not in header:
+        raise _not_ours(path, 'its first line has no "llmattr_results" header')
+    version = header["llmattr_results"]
+    if type(version) is not int or version != FORMAT_VERSION:  # true == 1 in Python
+        raise InputError(
+            f"{path} is a results file of format {version!r}; this llmattr reads format "
+            f"{FORMAT_VERSION}. Upgrade llmattr (or re-run explain-file with this version)."
+        )
+    settings = header.get("settings") or {}
+    if not isinstance(settings, dict):
+        raise _not_ours(path, 'its header\'s "settings" is not an object')
+    return settings
+
+
+def _numbers(packed: Any, name: str, where: str, size: int | None = None) -> None:
+    """Check a packed tensor: ``{"data": [numbers]}`` (``size`` of them, or a multiple of it)."""
+    if packed is None and name != "seq_attr":
+        return
+    data = packed.get("data") if isinstance(packed, dict) else None
+    if not isinstance(data, list) or not all(
+        type(v) is float or (type(v) is int and -_HUGE < v < _HUGE) for v in data
+    ):
+        raise InputError(
+            f'{where}: the result\'s "{name}" must be {{"dtype", "shape", "data": [numbers]}} '
+            "as LLMAttributionResult.to_dict() writes it."
+        )
+    if size is not None and (len(data) != size if name == "seq_attr" else len(data) % max(size, 1)):
+        raise InputError(
+            f'{where}: the result\'s "{name}" has {len(data)} values for {size} input tokens.'
+        )
+
+
+def check_record(record: Any, where: str) -> str:
+    """The record's id, after checking every field the explorer reads.
+
+    Raises:
+        InputError: naming ``where`` (the file and line) and the field that is malformed.
+    """
     if not isinstance(record, dict):
         raise InputError(f"{where}: a record must be a JSON object; got {type(record).__name__}.")
-    if "id" not in record or not isinstance(record.get("index"), int):
+    if "id" not in record or type(record.get("index")) is not int:
         raise InputError(f'{where}: a record needs an "id" and an integer "index".')
-    if "error" not in record:
-        result = record.get("result")
-        if not isinstance(result, dict) or not isinstance(result.get("seq_attr"), dict):
-            raise InputError(f'{where}: a record needs a "result" (a result\'s to_dict()).')
+    if not isinstance(record.get("meta") or {}, dict):
+        raise InputError(f'{where}: a record\'s "meta" must be an object (or absent).')
+    if "error" in record:
+        return str(record["id"])
+    result = record.get("result")
+    if not isinstance(result, dict) or not isinstance(result.get("seq_attr"), dict):
+        raise InputError(f'{where}: a record needs a "result" (a result\'s to_dict()).')
+    tokens = result.get("input_tokens")
+    if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+        raise InputError(f'{where}: the result\'s "input_tokens" must be a list of strings.')
+    if not isinstance(result.get("output_tokens") or [], list):
+        raise InputError(f'{where}: the result\'s "output_tokens" must be a list of strings.')
+    _numbers(result["seq_attr"], "seq_attr", where, len(tokens))
+    _numbers(result.get("token_attr"), "token_attr", where, len(tokens))
+    _numbers(result.get("output_probs"), "output_probs", where)
+    info = result.get("info") or {}
+    if not isinstance(info, dict):
+        raise InputError(f'{where}: the result\'s "info" must be an object.')
+    image = record.get("image")
+    found = info.get("modalities") or (image.get("modalities") if isinstance(image, dict) else None)
+    if found and (not isinstance(found, list) or len(found) != len(tokens)):
+        raise InputError(
+            f'{where}: "modalities" must be a list of one name per input token '
+            f"({len(tokens)}); got {found!r:.80}."
+        )
     return str(record["id"])
 
 
@@ -153,9 +210,10 @@ def _shares(result: dict[str, Any], image: Any) -> dict[str, float] | None:
     info["modalities"] = list(modalities)
     loaded = LLMAttributionResult.from_dict({**result, "info": info})
     try:
-        return loaded.modality_shares()
+        shares = loaded.modality_shares()
     except ValueError:  # every attribution is 0
         return None
+    return {k: (v if math.isfinite(v) else None) for k, v in shares.items()}  # NaN: JSON null
 
 
 def _image(record: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -167,30 +225,6 @@ def _image(record: Mapping[str, Any]) -> dict[str, Any] | None:
     if not kept or not all(_DATA_URI.fullmatch(v) for v in kept.values()):
         return None
     return kept
-
-
-def image_record(result: Any) -> dict[str, Any] | None:
-    """What a results-file record carries so that the explorer shows an image result: the
-    ``"overlay"`` (the image under its ``seq_attr`` heatmap, :func:`.image_report.overlay_png`)
-    and the plain ``"image"``, as PNG ``data:`` URIs, and each feature's ``"modalities"``.
-    None when ``result.inp`` is no image input (text results, loaded results)."""
-    import base64
-
-    from .image_report import _png, _rgb, has_image, overlay_png
-
-    if not has_image(result):
-        return None
-    inp = result.inp
-    pixel = inp.format_pixel_attr(result.seq_attr.reshape(1, -1))[0]
-
-    def uri(png: bytes) -> str:
-        return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # NaN pixels are drawn as 0
-        overlay = overlay_png(inp.image, pixel)
-    names = getattr(inp, "modalities", None) or ["image"] * len(result.input_tokens)
-    return {"overlay": uri(overlay), "image": uri(_png(_rgb(inp.image))), "modalities": names}
 
 
 class _Vocab:
@@ -210,6 +244,8 @@ def _meta_value(value: Any) -> str | float | bool | None:
     anything else as its JSON text."""
     if value is None or isinstance(value, bool | str):
         return value
+    if isinstance(value, int) and not -_HUGE < value < _HUGE:
+        return str(value)  # no float holds it
     if isinstance(value, int | float):
         return float(value) if math.isfinite(value) else str(value)
     return json.dumps(value, ensure_ascii=False, default=str)
@@ -237,7 +273,7 @@ def build_payload(
             "meta": [_meta_value(meta.get(k)) for k in keys],
         }
         if "error" in record:
-            entry["error"] = str(record["error"])
+            entry["error"] = str(record["error"]) or "(failed, no message)"
             entry["target"] = "" if record.get("target") is None else str(record["target"])
             examples.append(entry)
             continue
@@ -279,7 +315,7 @@ def build_payload(
         )
         if rows is None and result.get("token_attr") is not None:
             entry["omitted"] = True
-        examples.append(entry)
+        examples.append({k: v for k, v in entry.items() if v is not None})  # absent: null
     if omitted:
         notes.append(
             f"The token × target heatmaps of {omitted} examples are not embedded: the page keeps "
