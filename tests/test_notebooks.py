@@ -79,6 +79,23 @@ EXPECTED: dict[str, tuple[list[str], int]] = {
         ],
         4,
     ),
+    "06_bert_qa_layers.ipynb": (
+        [
+            "BertForQuestionAnswering: 6 layers, 12 heads, hidden size 384",
+            "held-out exact match ",
+            "attention weights reproduce every attention module's output: True",
+            "norm weighting lowers the share of [CLS]/[SEP] in every layer: True",
+            "self-contained: True",
+            "1. the model answers ",
+            "2. completeness holds per layer: 14 LayerIntegratedGradients rows",
+            "3. the answer span dominates the upper layers",
+            "the same hand-over on 8 more held-out questions of every type",
+            "LayerConductance agrees with LayerIntegratedGradients in layers 4-5",
+            "the question's credit passes into the answer at layer ",
+            "links the question word to the answer",
+        ],
+        7,
+    ),
 }
 
 
