@@ -148,7 +148,12 @@ def test_heldout_exact_match_is_the_reported_one(qa):
     heldout = load_heldout()
     preds = predict(model, tok, [e.question for e in heldout], [e.context for e in heldout])
     scores = summarize(heldout, [p.text for p in preds])
-    assert scores == load_metrics()["heldout"]
+    reported = load_metrics()["heldout"]
+    assert scores.keys() == reported.keys()
+    for group, values in scores.items():  # another BLAS may flip one borderline span, no more
+        n = values.get("n", len(heldout))
+        for metric in ("exact_match", "f1"):
+            assert abs(values[metric] - reported[group][metric]) <= 1 / n + 1e-9, (group, metric)
     assert scores["all"]["exact_match"] >= 0.85
     assert scores["unseen"]["exact_match"] >= 0.8
 
