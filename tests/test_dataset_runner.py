@@ -346,3 +346,58 @@ def test_a_shard_the_main_process_cannot_see_is_not_lost(tmp_path, monkeypatch, 
         explain_file(write_jsonl(tmp_path / "p.jsonl", PROMPTS[:2]), out, **FAST)
     assert len(read_results(tmp_path / "r.jsonl.rank0")[1]) == 1  # its own share, kept
     assert read_results(out)[1] == []  # the output: its header, nothing lost or invented
+
+
+@pytest.mark.parametrize(
+    "content", ['{"important": "config"}', "my only note\n", "{not json\n", "a\nb"]
+)
+def test_a_one_line_file_that_is_not_ours_is_never_truncated(tmp_path, no_model, content):
+    """Only a last line without its newline after our header (or the start of our header) can
+    be a crash cut; anything else is refused and kept byte for byte."""
+    prompts = write_jsonl(tmp_path / "p.jsonl", PROMPTS[:1])
+    out = tmp_path / "cfg.json"
+    out.write_text(content, encoding="utf-8")
+    with pytest.raises(InputError, match=r"not an llmattr results file|not valid JSON"):
+        explain_file(prompts, out, **FAST)
+    assert out.read_text(encoding="utf-8") == content
+
+
+def test_the_prompts_file_through_a_link_is_refused(tmp_path, no_model):
+    prompts = tmp_path / "one.txt"
+    prompts.write_text("just one prompt\n", encoding="utf-8")
+    os.link(prompts, tmp_path / "o.jsonl")
+    with pytest.raises(InputError, match="is the prompts file"):
+        explain_file(prompts, tmp_path / "o.jsonl", **FAST)
+    shard = tmp_path / "r.jsonl.rank1"
+    shard.write_text("just one prompt\n", encoding="utf-8")
+    with pytest.raises(InputError, match="is the prompts file"):
+        explain_file(shard, tmp_path / "r.jsonl", overwrite=True, **FAST)
+    assert prompts.read_text() == shard.read_text() == "just one prompt\n"
+
+
+def test_a_second_run_on_the_same_output_is_refused(tmp_path, no_model):
+    prompts = write_jsonl(tmp_path / "p.jsonl", PROMPTS[:1])
+    out = tmp_path / "r.jsonl"
+    holder = runner._lock(out)
+    try:
+        with pytest.raises(InputError, match="another run is writing"):
+            explain_file(prompts, out, **FAST)
+    finally:
+        if holder is not None:
+            holder.close()
+
+
+def test_only_newlines_end_prompts_lines(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text(
+        json.dumps({"prompt": "a\u2028b"}, ensure_ascii=False) + "\r\n"
+        + json.dumps({"prompt": "c\x0cd"}, ensure_ascii=False) + "\n",
+        encoding="utf-8",
+    )  # fmt: skip
+    assert [r.prompt for r in read_prompts(path)] == ["a\u2028b", "c\x0cd"]
+    text = tmp_path / "p.txt"
+    text.write_text("first\x0cstill first\nsecond\n", encoding="utf-8")
+    assert [(r.id, r.prompt) for r in read_prompts(text)] == [
+        ("1", "first\x0cstill first"),
+        ("2", "second"),
+    ]

@@ -109,7 +109,8 @@ def read_prompts(path: str | Path) -> list[PromptRecord]:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as error:
         raise InputError(f"{path} is not UTF-8 text (byte {error.start})") from None
-    lines = text.splitlines()
+    # only "\n" ends a line (JSON strings may hold U+2028 or a form feed; "\r\n" is fine)
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
     jsonl = _is_jsonl(path, lines)
     records: list[PromptRecord] = []
     seen: dict[str, int] = {}

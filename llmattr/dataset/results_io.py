@@ -88,11 +88,20 @@ def scan(path: str | Path) -> Scan:
             except (json.JSONDecodeError, UnicodeDecodeError):
                 data = None
             if not complete or data is None:
-                if not complete or not f.read(1):  # the last line: cut short by a crash
+                header_start = raw.startswith(b'{"' + HEADER_KEY.encode())
+                # lines are appended whole, so only a last line without its newline can be a
+                # write cut short by a crash (on line 1: only the start of our header)
+                if not complete and (number > 1 or header_start):
                     break
+                if number == 1:
+                    raise InputError(
+                        f"{path} is not an llmattr results file (its first line is not "
+                        f'{{"{HEADER_KEY}": {FORMAT_VERSION}, "settings": ...}}); give another '
+                        "output file, or --overwrite to replace it"
+                    )
                 raise InputError(
                     f"{path}, line {number}: not valid JSON; the results file is damaged "
-                    "(a line in the middle cannot have been cut short by a crash)"
+                    "(only a last line without its newline can have been cut short by a crash)"
                 )
             if number == 1:
                 if not isinstance(data, dict) or data.get(HEADER_KEY) != FORMAT_VERSION:

@@ -10,6 +10,7 @@ to a new file and renamed over the old one), and removes the shards.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from dataclasses import dataclass
@@ -263,8 +264,10 @@ def explain_file(
                             n_steps, seed, robustness)  # fmt: skip
     out = Path(out).expanduser()
     records = read_prompts(prompts)
-    if out.resolve() == Path(prompts).expanduser().resolve():
-        raise InputError(f"the output {out} is the prompts file; give another output file")
+    source = Path(prompts).expanduser()
+    for p in (out, *_shards(out)):  # hard links and symlinks too
+        if out.resolve() == source.resolve() or (p.exists() and os.path.samefile(p, source)):
+            raise InputError(f"the output {p} is the prompts file; give another output file")
     with process_group() as group:
         group.same_everywhere({**settings, "out": str(out.resolve()), "overwrite": overwrite,
                                "prompts": prompts_digest(records)})  # fmt: skip
@@ -272,30 +275,54 @@ def explain_file(
 
         def check() -> None:
             kept["scans"] = _check_output(out, settings, records, overwrite)
+            kept["lock"] = _lock(out)  # held until this run ends: one run per output
 
-        group.on_main(check)
-        if loaded:
-            the_model = model
-        else:
-            with quiet_transformers():
-                name = None if label == "demo" else label
-                the_model, tokenizer, _ = load_language_model(name, rank_device(device, group))
-        settings["model_fingerprint"] = model_fingerprint(the_model)
-        group.same_everywhere({"model_fingerprint": settings["model_fingerprint"]})
+        try:
+            group.on_main(check)
+            if loaded:
+                the_model = model
+            else:
+                with quiet_transformers():
+                    name = None if label == "demo" else label
+                    the_model, tokenizer, _ = load_language_model(name, rank_device(device, group))
+            settings["model_fingerprint"] = model_fingerprint(the_model)
+            group.same_everywhere({"model_fingerprint": settings["model_fingerprint"]})
 
-        def prepare() -> list[int]:
-            todo, kept["main"] = _prepare(out, kept["scans"], settings, records)
-            return todo
+            def prepare() -> list[int]:
+                todo, kept["main"] = _prepare(out, kept["scans"], settings, records)
+                return todo
 
-        todo = group.on_main(prepare)
-        opts = SimpleNamespace(
-            method=method, features=features, baseline=baseline, max_new_tokens=max_new_tokens,
-            n_samples=settings.get("n_samples"), n_steps=n_steps, seed=seed,
-            robustness=robustness, info={k: v for k, v in settings.items()
-                                         if k not in ("method", "llmattr_version", "robustness")},
-        )  # fmt: skip
-        return _run(group, out, records, todo, kept.get("main"), settings, opts, the_model,
-                    tokenizer, progress)  # fmt: skip
+            todo = group.on_main(prepare)
+            opts = SimpleNamespace(
+                method=method, features=features, baseline=baseline, max_new_tokens=max_new_tokens,
+                n_samples=settings.get("n_samples"), n_steps=n_steps, seed=seed,
+                robustness=robustness, info={k: v for k, v in settings.items() if k
+                                             not in ("method", "llmattr_version", "robustness")},
+            )  # fmt: skip
+            return _run(group, out, records, todo, kept.get("main"), settings, opts, the_model,
+                        tokenizer, progress)  # fmt: skip
+        finally:
+            lock = kept.get("lock")
+            if lock is not None:
+                lock.close()
+
+
+def _lock(out: Path) -> Any:
+    """An exclusive lock on ``OUT.lock`` (POSIX), or InputError when another run holds it."""
+    try:
+        import fcntl
+    except ImportError:  # no advisory locks on this platform
+        return None
+    handle = open(f"{out}.lock", "a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise InputError(
+            f"another run is writing {out} (it holds {out}.lock); wait for it to finish or "
+            "give another output file"
+        ) from None
+    return handle
 
 
 def _run(
