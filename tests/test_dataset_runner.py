@@ -401,3 +401,24 @@ def test_only_newlines_end_prompts_lines(tmp_path):
         ("1", "first\x0cstill first"),
         ("2", "second"),
     ]
+
+
+def test_a_lone_surrogate_is_refused_with_its_line(tmp_path, no_model):
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": "fine"}\n{"prompt": "bad \\ud800 x"}\n', encoding="utf-8")
+    with pytest.raises(InputError, match=r"line 2: an unpaired surrogate"):
+        explain_file(path, tmp_path / "r.jsonl", **FAST)
+
+
+def test_an_unwritable_output_is_refused_before_the_model_loads(tmp_path, no_model):
+    prompts = write_jsonl(tmp_path / "p.jsonl", PROMPTS[:1])
+    out = tmp_path / "r.jsonl"
+    out.write_text("", encoding="utf-8")
+    out.chmod(0o444)
+    try:
+        if os.access(out, os.W_OK):  # root ignores file modes
+            pytest.skip("running as root: permissions are not enforced")
+        with pytest.raises(InputError, match="permission denied"):
+            explain_file(prompts, out, **FAST)
+    finally:
+        out.chmod(0o644)

@@ -60,6 +60,10 @@ def _record(path: Path, number: int, line: str, index: int) -> PromptRecord:
         raise InputError(f"{where}: a JSON {type(data).__name__}, expected an object with a prompt")
     if "prompt" not in data:
         raise InputError(f'{where}: no "prompt" field (the fields are {sorted(data)})')
+    try:  # a lone surrogate ("\ud800") is valid JSON but no text: refuse it here, with the line
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(f"{where}: an unpaired surrogate (such as \\ud800) is not text") from None
     prompt, target, given_id = data["prompt"], data.get("target"), data.get("id")
     if not isinstance(prompt, str) or not prompt.strip():
         raise InputError(f'{where}: "prompt" must be a non-empty string, got {prompt!r}')

@@ -60,6 +60,8 @@ def _check_output(
         raise InputError(f"cannot write {out}: it is a folder; give a file name")
     if not out.parent.is_dir():
         raise InputError(f"cannot write {out}: the folder {out.parent} does not exist")
+    if not os.access(out.parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise InputError(f"cannot write {out}: permission denied (checked before the model loads)")
     if overwrite:
         return []
     scans = [scan(p) for p in (out, *_shards(out))]
