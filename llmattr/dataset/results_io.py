@@ -15,6 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from .._core.errors import InputError
+from ..viz.explorer_data import FORMAT_VERSION, read_results
+
+# ``read_results`` (the one reader of the format: header first, records checked, a redone id
+# replacing the earlier line) lives with the explorer, which must read files of any origin
 
 __all__ = [
     "Entry",
@@ -28,7 +32,6 @@ __all__ = [
 ]
 
 HEADER_KEY = "llmattr_results"
-FORMAT_VERSION = 1
 
 
 def header_line(settings: dict[str, Any]) -> dict[str, Any]:
@@ -233,17 +236,3 @@ def merge_results(out: str | Path, scans: list[Scan], settings: dict[str, Any]) 
     os.replace(tmp, out)
     _fsync_folder(out.parent)
     return len(chosen)
-
-
-def read_results(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """``(settings, records)`` of a results file, the records sorted by ``index`` (a
-    truncated last line is left out). Raises InputError for a file that is not one."""
-    s = scan(path)
-    if s.settings is None:
-        raise InputError(f"{path} is empty or not an llmattr results file")
-    records = []
-    with Path(path).open("rb") as f:
-        for e in s.entries:
-            f.seek(e.offset)
-            records.append(json.loads(f.read(e.length)))
-    return s.settings, sorted(records, key=lambda r: r["index"])
