@@ -23,7 +23,6 @@ by the process group's timeout (``init_process_group(timeout=...)``).
 from __future__ import annotations
 
 import copy
-import functools
 import hashlib
 import inspect
 from collections.abc import Callable
@@ -235,12 +234,9 @@ class SplitAttribution:
         def wrap(forward: Callable[..., Any]) -> Callable[..., Any]:
             return _SplitForward(self, forward, rank, world)
 
-        if isinstance(self.attr, LLMAttribution):
+        if isinstance(self.attr, LLMAttribution):  # run_attribution wraps its forward with it
             clone = copy.copy(self.attr)
-            method = copy.copy(self.attr.attr_method)
-            method.__class__ = _split_class(type(method))
-            method._split_wrap = wrap  # type: ignore[attr-defined]
-            clone.attr_method = method
+            clone._wrap_forward = wrap  # type: ignore[attr-defined]
             return clone
         plain = copy.copy(self.attr)
         plain.forward_func = wrap(self.attr.forward_func)
@@ -251,31 +247,6 @@ def _result_parts(result: Any) -> Any:
     if hasattr(result, "output_probs"):
         return [result.output_probs, result.output_tokens, result.info.get("target_ids")]
     return result
-
-
-_SPLIT_CLASSES: dict[type, type] = {}
-
-
-def _split_class(cls: type[Any]) -> type:
-    """``cls`` whose ``attribute`` runs on a split forward. LLMAttribution copies its method
-    and sets the forward that scores presence rows before calling ``attribute``; the override
-    wraps that forward for the call. Same name, signature and base, so results and checks
-    read the method as ``cls``."""
-
-    @functools.wraps(cls.attribute)
-    def attribute(self: Any, *args: Any, **kwargs: Any) -> Any:
-        inner = self.forward_func
-        self.forward_func = self._split_wrap(inner)
-        try:
-            return cls.attribute(self, *args, **kwargs)
-        finally:
-            self.forward_func = inner
-
-    if cls not in _SPLIT_CLASSES:
-        namespace = {"attribute": attribute, "__qualname__": cls.__qualname__}
-        namespace["__module__"] = cls.__module__
-        _SPLIT_CLASSES[cls] = type(cls.__name__, (cls,), namespace)
-    return _SPLIT_CLASSES[cls]
 
 
 class _SplitForward:

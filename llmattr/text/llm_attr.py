@@ -372,7 +372,9 @@ def run_attribution(
         return torch.cat([total.unsqueeze(1), tokens], 1)
 
     method = copy.copy(attr.attr_method)
-    method.forward_func = forward
+    # a hook for who evaluates the rows (llmattr.dataset.split divides them between processes)
+    wrap = getattr(attr, "_wrap_forward", None)
+    method.forward_func = forward if wrap is None else wrap(forward)
     n_rows = 1 + target_ids.numel() if per_token else 1
     trials = []
     for _ in range(max(int(num_trials), 1)):
