@@ -265,12 +265,18 @@ def early_stopping(n: int, patience: int = 20, min_delta: float = 0.0) -> StopCr
     return continue_while
 
 
-def _half_dtype(model: nn.Module) -> torch.dtype | None:
-    """float16/bfloat16 when the model's first floating parameter has it, else None."""
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype of the model's first floating-point parameter (torch's default without one)."""
     for p in model.parameters():
         if p.is_floating_point():
-            return p.dtype if p.dtype in (torch.float16, torch.bfloat16) else None
-    return None
+            return p.dtype
+    return torch.get_default_dtype()
+
+
+def _half_dtype(model: nn.Module) -> torch.dtype | None:
+    """float16/bfloat16 when the model computes in it, else None."""
+    dtype = model_dtype(model)
+    return dtype if dtype in (torch.float16, torch.bfloat16) else None
 
 
 def _non_finite_message(value: Tensor, step: int, params: Sequence[Tensor]) -> str:

@@ -26,17 +26,10 @@ from .images import ImageParameterization
 from .layers import ModuleOutputsHook, resolve_target
 from .loss import ChannelActivation, Target, sum_loss_list
 from .natural_image import NaturalImage
-from .optimization import InputOptimization
+from .optimization import InputOptimization, model_dtype
 from .optimization import n_steps as _stop_after
 
 __all__ = ["image_grid", "render_channels", "save_grid", "save_png"]
-
-
-def _model_dtype(model: nn.Module) -> torch.dtype:
-    for p in model.parameters():
-        if p.is_floating_point():
-            return p.dtype
-    return torch.get_default_dtype()
 
 
 def _batched_start(
@@ -194,7 +187,7 @@ def _render_batch(
     n = len(chans)
     image = _batched_start(
         parameterization, (size[0], size[1]), input_channels, n, [seed + r for r in range(restarts)]
-    ).to(_model_dtype(model))
+    ).to(model_dtype(model))
     losses = [
         ChannelActivation(module, c, batch_index=r * n + i)
         for r in range(restarts)
